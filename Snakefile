@@ -1,0 +1,30 @@
+# saliency-fingerprints: do saliency maps identify the network that made them?
+#
+#   dataset -> primaries (architecture x seed) -> saliency maps (method x primary, Zarr)
+#           -> secondaries (experiment x method x variant) -> cross-evaluation -> tables, figures
+#
+# `snakemake --cores all` runs config/config.yaml (embedded digits). A preset replaces it:
+# `snakemake --cores all --configfile config/cifar10-cpu.yaml`.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+if not workflow.overwrite_configfiles:
+    configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/primaries.smk"
+include: "rules/saliency.smk"
+include: "rules/secondaries.smk"
+include: "rules/evaluate.smk"
+include: "rules/plots.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,50 @@
+rule plot_heatmap:
+    input:
+        table=CROSS_EVAL,
+    output:
+        png=report(
+            f"{RESULTS}/figures/cross_evaluation/{{experiment}}/{{variant}}.png",
+            category="Cross-evaluation",
+            subcategory="{experiment}",
+            caption="../report/heatmap.rst",
+        ),
+    params:
+        plots=config["plots"],
+    log:
+        f"{LOGS}/plot_heatmap/{{experiment}}/{{variant}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_heatmap.py"
+
+
+rule plot_map_grid:
+    input:
+        dataset=DATASET,
+        maps=lambda wc: maps_of(wc.experiment, experiment_methods(wc.experiment)),
+    output:
+        png=report(
+            f"{RESULTS}/figures/maps/{{experiment}}.png",
+            category="Saliency maps",
+            caption="../report/map_grid.rst",
+        ),
+    params:
+        methods=lambda wc: experiment_methods(wc.experiment),
+        primaries=lambda wc: primary_names(wc.experiment),
+        variants=lambda wc: experiment_variants(wc.experiment),
+        secondary=lambda wc: secondary_config(wc.experiment),
+        plots=config["plots"],
+    log:
+        f"{LOGS}/plot_map_grid/{{experiment}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_map_grid.py"

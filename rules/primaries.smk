@@ -1,0 +1,19 @@
+rule train_primary:
+    input:
+        dataset=DATASET,
+    output:
+        weights=f"{PRIMARY}/model.safetensors",
+        metrics=f"{PRIMARY}/metrics.json",
+    params:
+        training=config["primary_training"],
+    log:
+        f"{LOGS}/train_primary/{{architecture}}-seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/train_primary.py"

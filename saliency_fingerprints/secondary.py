@@ -1,0 +1,212 @@
+"""Secondary classifiers: learn which primary made a saliency map.
+
+A secondary of an experiment sees the maps of one method from every primary of that experiment
+(label = the primary's position in the experiment's list). The train/test split is by *source
+image*: all maps of an image, from every primary and every method, fall on the same side, so no
+test map comes from an image whose map was used in training.
+
+Map preprocessing (config ``secondary.preprocess``), applied per map:
+
+* ``reduce``: ``abs_sum`` (sum of |value| over channels; PAIR's grayscale visualisation),
+  ``sum``, ``abs_max`` or ``none`` (keep channels);
+* ``clip_percentile``: clip at this percentile of the reduced map (99, as PAIR) or ``null``;
+* then scale by the map's largest magnitude, to [0, 1] (or [-1, 1] for signed maps).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError
+from .models import build_model
+from .provenance import Provenance
+from .runtime import describe_device, set_determinism
+from .saliency import open_maps
+from .shuffle import apply_variant
+from .store import chunk_ranges, write_json
+from .training import TrainSettings, save_model, train_classifier
+
+log = logging.getLogger(__name__)
+
+REDUCTIONS = ("abs_sum", "sum", "abs_max", "none")
+
+
+def preprocess_maps(
+    maps: np.ndarray, reduce: str = "abs_sum", clip_percentile: float | None = 99.0
+) -> np.ndarray:
+    """``(N, C, H, W)`` raw maps -> ``(N, C', H, W)`` float32 secondary inputs."""
+    maps = maps.astype(np.float32, copy=False)
+    if reduce == "abs_sum":
+        out = np.abs(maps).sum(axis=1, keepdims=True)
+    elif reduce == "sum":
+        out = maps.sum(axis=1, keepdims=True)
+    elif reduce == "abs_max":
+        out = np.abs(maps).max(axis=1, keepdims=True)
+    elif reduce == "none":
+        out = maps.copy()
+    else:
+        raise ConfigError(
+            f"secondary.preprocess.reduce {reduce!r} is unknown; expected {REDUCTIONS}"
+        )
+    flat = out.reshape(len(out), -1)
+    magnitude = np.abs(flat)
+    if clip_percentile is not None:
+        if not 0 < clip_percentile <= 100:
+            raise ConfigError("secondary.preprocess.clip_percentile must be in (0, 100]")
+        limit = np.percentile(magnitude, clip_percentile, axis=1, keepdims=True)
+        flat = np.clip(flat, -limit, limit)
+        magnitude = np.abs(flat)
+    scale = magnitude.max(axis=1, keepdims=True)
+    flat = flat / np.where(scale > 0, scale, 1.0)
+    return flat.reshape(out.shape).astype(np.float32)
+
+
+def image_disjoint_split(
+    sample_ids: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of *source images* into secondary-train and secondary-test ids (sorted)."""
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"secondary.test_fraction must be in (0, 1), got {test_fraction}")
+    ids = np.unique(np.asarray(sample_ids))
+    if len(ids) < 2:
+        raise DataError(f"need maps of at least 2 images to split, got {len(ids)}")
+    order = np.random.default_rng([seed, 0x5EC0]).permutation(ids)
+    n_test = min(len(ids) - 1, max(1, round(len(ids) * test_fraction)))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+@dataclass
+class MapSet:
+    """Preprocessed maps of one method, all primaries of an experiment, one side of the split."""
+
+    x: np.ndarray  # (P * n, C', H, W) float32
+    y: np.ndarray  # (P * n,) primary index
+    sample: np.ndarray  # (P * n,) source image id
+
+
+def store_sample_ids(paths: list[str | Path]) -> np.ndarray:
+    """Sample ids the stores hold; every store of an experiment must hold the same ones."""
+    reference = None
+    for path in paths:
+        ids = open_maps(path)["sample"].values
+        if reference is None:
+            reference = ids
+        elif not np.array_equal(ids, reference):
+            raise DataError(f"{path}: holds maps of other images than {paths[0]}")
+    return reference
+
+
+def load_mapset(
+    paths: list[str | Path],
+    primaries: list[str],
+    ids: np.ndarray,
+    cfg: dict,
+    variant: str,
+    chunk_size: int = 4096,
+) -> MapSet:
+    """Read, check, preprocess and (for shuffled variants) permute the maps of ``ids``.
+
+    Streams each store chunk by chunk: memory holds the preprocessed maps only.
+    """
+    pre = cfg.get("preprocess", {})
+    xs, ys, samples = [], [], []
+    for index, (path, primary) in enumerate(zip(paths, primaries, strict=True)):
+        ds = open_maps(path)
+        if str(ds["primary"].values) != primary:
+            raise DataError(f"{path}: holds maps of {ds['primary'].values}, expected {primary}")
+        positions = np.flatnonzero(np.isin(ds["sample"].values, ids))
+        nonzero = False
+        for _, start, stop in chunk_ranges(len(positions), chunk_size):
+            part = ds["maps"].isel(sample=positions[start:stop])
+            raw = part.values
+            if not np.isfinite(raw).all():
+                raise DataError(f"{path}: maps contain NaN or infinite values")
+            nonzero = nonzero or bool(np.any(raw))
+            x = preprocess_maps(raw, pre.get("reduce", "abs_sum"), pre.get("clip_percentile", 99.0))
+            sample = part["sample"].values
+            xs.append(apply_variant(x, variant, int(cfg.get("shuffle_seed", 0)), primary, sample))
+            ys.append(np.full(len(x), index, dtype=np.int64))
+            samples.append(sample)
+        if not nonzero:
+            raise DataError(f"{path}: every map is all-zero (a dead model or a broken method)")
+    return MapSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(samples))
+
+
+def split_ids(paths: list[str | Path], cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    return image_disjoint_split(
+        store_sample_ids(paths), float(cfg["test_fraction"]), int(cfg["split_seed"])
+    )
+
+
+def to_tensors(maps: MapSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(maps.x).to(device), torch.from_numpy(maps.y).to(device)
+
+
+def train_secondary(
+    map_paths: list[str | Path],
+    primaries: list[str],
+    experiment: str,
+    method: str,
+    variant: str,
+    cfg: dict,
+    weights_out: str | Path,
+    metrics_out: str | Path,
+    device: torch.device,
+    threads: int | None = None,
+) -> dict:
+    if len(primaries) < 2:
+        raise ConfigError(f"experiments.{experiment}: needs at least 2 primaries to tell apart")
+    prov = Provenance(
+        "train_secondary",
+        {
+            "experiment": experiment,
+            "method": method,
+            "variant": variant,
+            "primaries": primaries,
+            **cfg,
+        },
+        describe_device(device),
+    )
+    seed = int(cfg["seed"])
+    set_determinism(seed, threads)
+    settings = TrainSettings.from_config(cfg, f"experiments.{experiment}.secondary")
+    train_ids, test_ids = split_ids(map_paths, cfg)
+    train = load_mapset(map_paths, primaries, train_ids, cfg, variant)
+    test = load_mapset(map_paths, primaries, test_ids, cfg, variant)
+    assert not np.intersect1d(train.sample, test.sample).size  # image-disjoint by construction
+    _, channels, size, _ = train.x.shape
+    torch.manual_seed(seed)
+    model = build_model(cfg["architecture"], channels, size, len(primaries)).to(device)
+    name = f"{experiment}/{method}/{variant}"
+    log.info(
+        "%s: %d training maps, %d test maps, %d primaries, device %s",
+        name,
+        len(train.y),
+        len(test.y),
+        len(primaries),
+        describe_device(device),
+    )
+    history = train_classifier(
+        model, to_tensors(train, device), to_tensors(test, device), settings, seed, name
+    )
+    save_model(model, weights_out, cfg["architecture"], channels, size, len(primaries))
+    metrics = {
+        "experiment": experiment,
+        "method": method,
+        "variant": variant,
+        "primaries": primaries,
+        "n_train": len(train.y),
+        "n_test": len(test.y),
+        "n_train_images": len(train_ids),
+        "n_test_images": len(test_ids),
+        "final_test_accuracy": history[-1]["test_accuracy"],
+        "history": history,
+        "provenance": prov.finish(),
+    }
+    write_json(metrics_out, metrics)
+    return metrics

@@ -1,0 +1,16 @@
+"""Rule plot_heatmap: one experiment and variant's cross-evaluation as a Table-1 heatmap."""
+
+import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
+import pandas as pd
+
+from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.plots import plot_heatmap
+
+
+def main(job):
+    table = pd.read_csv(job.input.table)
+    title = f"{job.wildcards.experiment} - {job.wildcards.variant}"
+    plot_heatmap(table, job.output.png, title, job.params.plots["cmap"], job.params.plots["dpi"])
+
+
+run_job(snakemake, main)  # noqa: F821

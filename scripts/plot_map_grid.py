@@ -1,0 +1,32 @@
+"""Rule plot_map_grid: example maps of the same images for every method and primary."""
+
+import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
+
+from saliency_fingerprints.datasets import open_dataset
+from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.plots import plot_map_grid
+
+
+def main(job):
+    methods, primaries = job.params.methods, job.params.primaries
+    stores = list(job.input.maps)
+    grid = {
+        m: dict(zip(primaries, stores[i * len(primaries) : (i + 1) * len(primaries)], strict=True))
+        for i, m in enumerate(methods)
+    }
+    dataset, _ = open_dataset(job.input.dataset)
+    plots, secondary = job.params.plots, job.params.secondary
+    plot_map_grid(
+        grid,
+        job.output.png,
+        plots["map_grid_images"],
+        job.params.variants,
+        secondary["preprocess"],
+        secondary["shuffle_seed"],
+        plots["map_cmap"],
+        plots["dpi"],
+        dataset,
+    )
+
+
+run_job(snakemake, main)  # noqa: F821
