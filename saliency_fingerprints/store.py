@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -60,7 +61,10 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
     if not path.exists():
         raise DataError(f"{path}: Zarr store not found")
     try:
-        return xr.open_zarr(path, consolidated=False, zarr_format=3)
+        with warnings.catch_warnings():
+            # Snakemake marks directory outputs with a .snakemake_timestamp file inside them
+            warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+            return xr.open_zarr(path, consolidated=False, zarr_format=3)
     except Exception as err:  # zarr raises many types for corrupt metadata
         raise DataError(
             f"{path}: not a readable Zarr store ({type(err).__name__}: {err})"

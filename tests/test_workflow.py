@@ -1,0 +1,93 @@
+"""The whole workflow on a tiny config: outputs, their layout, and an exact no-op rerun."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import load_default_config, planned_jobs, run_workflow, tiny_config
+
+
+def test_cross_evaluation_table(tiny_run):
+    table = pd.read_csv(tiny_run / "results/tables/cross_evaluation.csv")
+    for column in [
+        "experiment",
+        "variant",
+        "train_method",
+        "test_method",
+        "accuracy",
+        "chance",
+        "n_test",
+        "ci_low",
+        "ci_high",
+    ]:
+        assert column in table.columns
+    methods = ["grad", "smoothgrad", "integrated_gradients"]
+    assert len(table) == 2 * len(methods) ** 2  # 2 variants x every (train, test) pair
+    for variant in ("original", "shuffled_per_map"):
+        block = table[table.variant == variant]
+        assert set(zip(block.train_method, block.test_method, strict=True)) == {
+            (a, b) for a in methods for b in methods
+        }
+    assert (table.chance == 0.5).all()
+    assert table.accuracy.between(0, 1).all()
+    assert (table.ci_low <= table.accuracy).all() and (table.accuracy <= table.ci_high).all()
+    # 240 images, 30% held out, 2 primaries -> 72 test images x 2 maps
+    assert (table.n_test == 144).all()
+    markdown = (tiny_run / "results/tables/cross_evaluation.md").read_text()
+    assert "two_cnn2 - original" in markdown and "| Grad" in markdown
+
+
+def test_figures_are_pngs(tiny_run):
+    figures = sorted((tiny_run / "results/figures").rglob("*.png"))
+    names = {p.relative_to(tiny_run / "results/figures").as_posix() for p in figures}
+    assert names == {
+        "cross_evaluation/two_cnn2/original.png",
+        "cross_evaluation/two_cnn2/shuffled_per_map.png",
+        "maps/two_cnn2.png",
+    }
+    for path in figures:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_map_store_is_a_labelled_dataset(tiny_run):
+    ds = xr.open_zarr(tiny_run / "results/saliency/smoothgrad/cnn2-seed1.zarr", consolidated=False)
+    assert ds["maps"].dims == ("sample", "channel", "y", "x")
+    assert ds["maps"].shape == (240, 1, 8, 8)
+    assert ds["maps"].encoding["chunks"][0] == 64
+    assert str(ds["primary"].values) == "cnn2-seed1"
+    assert str(ds["method"].values) == "smoothgrad"
+    for coord in ("label", "split", "target", "prediction"):
+        assert ds[coord].dims == ("sample",)
+    assert (ds["target"].values == ds["prediction"].values).all()  # target: predicted
+    assert json.loads(ds.attrs["method_params"])["n_samples"] == 4
+    provenance = json.loads(ds.attrs["provenance"])
+    assert provenance["device"].startswith("cpu") and provenance["config"]["pass_size"] == 64
+    assert np.isfinite(ds["maps"].values).all() and (ds["maps"].values >= 0).all()  # squared
+
+
+def test_primaries_and_secondaries_record_their_training(tiny_run):
+    metrics = json.loads((tiny_run / "results/primaries/cnn2-seed0/metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and metrics["final_test_accuracy"] > 0.5
+    secondary = tiny_run / "results/experiments/two_cnn2/secondaries/grad/original/metrics.json"
+    record = json.loads(secondary.read_text())
+    assert record["primaries"] == ["cnn2-seed0", "cnn2-seed1"]
+    assert record["n_train_images"] + record["n_test_images"] == 240
+
+
+def test_second_dry_run_has_nothing_to_do(tiny_run):
+    assert planned_jobs(tiny_run, tiny_config()) == {}
+
+
+@pytest.mark.slow
+def test_default_config_meets_the_issue_targets(tmp_path):
+    """The README's main job: own-method accuracy >= 0.90 and per-map shuffling >= 0.20 lower."""
+    run_workflow(tmp_path, load_default_config())
+    table = pd.read_csv(tmp_path / "results/tables/cross_evaluation.csv")
+    own = table[table.train_method == table.test_method].set_index(["variant", "train_method"])
+    for method in ("grad", "smoothgrad", "integrated_gradients"):
+        original = own.loc[("original", method), "accuracy"]
+        shuffled = own.loc[("shuffled_per_map", method), "accuracy"]
+        assert original >= 0.90, (method, original)
+        assert original - shuffled >= 0.20, (method, original, shuffled)
