@@ -1,4 +1,6 @@
 rule prepare_dataset:
+    input:
+        unpack(local_dataset_input),
     output:
         store=directory(DATASET),
     params:
@@ -7,8 +9,8 @@ rule prepare_dataset:
         f"{LOGS}/prepare_dataset.log",
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 30 * attempt,
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -1,0 +1,153 @@
+"""Determinism: the same config on the CPU gives bitwise-identical weights, maps and tables.
+
+Two independent runs of the tiny workflow (the session's ``tiny_run`` and one more here) are
+compared byte for byte where the file holds only data (safetensors weights, CSV tables, markdown)
+and value for value where it also holds provenance (Zarr stores: their arrays and coordinates;
+the provenance attribute carries timestamps and wall times by design).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from conftest import run_workflow, tiny_config
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory) -> tuple[Path, Path]:
+    """Two runs of the same config on the CPU: the session's ``tiny_run`` and one more; where
+    CUDA is visible, two fresh runs with ``compute.device: cpu`` instead."""
+    cfg = tiny_config()
+    if torch.cuda.is_available():
+        cfg["compute"] = {"device": "cpu"}
+        first = tmp_path_factory.mktemp("determinism_a")
+        run_workflow(first, cfg)
+    else:
+        first = request.getfixturevalue("tiny_run")
+    second = tmp_path_factory.mktemp("determinism")
+    run_workflow(second, cfg)
+    return first, second
+
+
+def relative(root: Path, pattern: str) -> list[Path]:
+    found = sorted(p.relative_to(root) for p in root.glob(pattern))
+    assert found, f"no {pattern} under {root}"
+    return found
+
+
+def open_zarr(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path, consolidated=False, zarr_format=3)
+
+
+def test_runs_produced_the_same_files(runs):
+    tiny_run, second_run = runs
+
+    def outputs(root: Path) -> list[Path]:
+        return sorted(
+            p.relative_to(root)
+            for p in (root / "results").rglob("*")
+            if p.is_file() and "logs" not in p.parts
+        )
+
+    assert outputs(tiny_run) == outputs(second_run)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "results/primaries/*/model.safetensors",
+        "results/experiments/*/secondaries/*/*/model.safetensors",
+    ],
+    ids=["primaries", "secondaries"],
+)
+def test_weights_are_bitwise_identical(runs, pattern):
+    tiny_run, second_run = runs
+    for rel in relative(tiny_run, pattern):
+        assert (tiny_run / rel).read_bytes() == (second_run / rel).read_bytes(), rel
+
+
+def test_training_histories_are_identical(runs):
+    tiny_run, second_run = runs
+    for rel in relative(tiny_run, "results/**/metrics.json"):
+        a, b = (json.loads((root / rel).read_text()) for root in runs)
+        assert a["history"] == b["history"], rel
+        assert a["final_test_accuracy"] == b["final_test_accuracy"], rel
+
+
+def assert_same_data(a: xr.Dataset, b: xr.Dataset, where) -> None:
+    assert set(a.variables) == set(b.variables), where
+    for name in a.variables:
+        va, vb = a[name].values, b[name].values
+        assert va.dtype == vb.dtype, (where, name)
+        # Bitwise: compare the raw bytes, so that even NaN payloads or -0.0 would count.
+        assert np.ascontiguousarray(va).tobytes() == np.ascontiguousarray(vb).tobytes(), (
+            where,
+            name,
+        )
+
+
+def test_dataset_store_is_identical(runs):
+    tiny_run, second_run = runs
+    rel = Path("results/data/digits.zarr")
+    assert_same_data(open_zarr(tiny_run / rel), open_zarr(second_run / rel), rel)
+
+
+def test_maps_are_bitwise_identical(runs):
+    tiny_run, second_run = runs
+    stores = relative(tiny_run, "results/saliency/*/*.zarr")
+    assert len(stores) == 6  # 3 methods x 2 primaries
+    for rel in stores:
+        a, b = open_zarr(tiny_run / rel), open_zarr(second_run / rel)
+        assert_same_data(a, b, rel)
+        assert np.isfinite(a["maps"].values).all() and np.any(a["maps"].values), rel
+        # Attributes other than the provenance (timestamps, wall time) are identical too.
+        strip = {k: v for k, v in a.attrs.items() if k != "provenance"}
+        assert strip == {k: v for k, v in b.attrs.items() if k != "provenance"}, rel
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "results/tables/cross_evaluation.csv",
+        "results/tables/cross_evaluation.md",
+        "results/experiments/*/cross_evaluation/*.csv",
+    ],
+    ids=["combined-csv", "combined-md", "per-experiment"],
+)
+def test_tables_are_bitwise_identical(runs, pattern):
+    tiny_run, second_run = runs
+    for rel in relative(tiny_run, pattern):
+        assert (tiny_run / rel).read_bytes() == (second_run / rel).read_bytes(), rel
+
+
+def test_provenance_differs_only_where_it_should(runs):
+    """The sidecars of the two runs agree on everything but timing (and the host is the same)."""
+    tiny_run, second_run = runs
+    volatile = {"wall_time_s", "finished_at"}
+    for rel in relative(tiny_run, "results/**/*.provenance.json"):
+        a, b = (json.loads((root / rel).read_text()) for root in runs)
+        assert {k: v for k, v in a.items() if k not in volatile} == {
+            k: v for k, v in b.items() if k not in volatile
+        }, rel
+
+
+def test_safetensors_files_do_not_depend_on_the_process():
+    """safetensors writes its metadata in a random order (a Rust HashMap); save_model sorts it,
+    so the same weights always give the same bytes."""
+    from safetensors.torch import load, save
+
+    from saliency_fingerprints.training import canonical_safetensors
+
+    state = {"w": torch.arange(6.0).view(2, 3), "b": torch.zeros(2)}
+    meta = {k: str(i) for i, k in enumerate(["architecture", "in_channels", "size", "classes"])}
+    files = {canonical_safetensors(save(state, metadata=meta)) for _ in range(20)}
+    assert len(files) == 1
+    (data,) = files
+    assert data.index(b'"architecture":"0","classes":"3","in_channels":"1","size":"2"') > 0
+    loaded = load(data)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)

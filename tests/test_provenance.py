@@ -1,0 +1,142 @@
+"""Provenance: every store and table says what made it - the config subset it depends on, the
+code version, package versions, device and wall time.
+
+Where it lives: Zarr stores (dataset, maps) in their ``provenance`` attribute; primaries and
+secondaries in their ``metrics.json`` (beside ``model.safetensors``, whose bytes stay
+reproducible); tables in a ``.provenance.json`` sidecar (``x.csv`` and ``x.md`` share one).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import xarray as xr
+from conftest import tiny_config
+
+from saliency_fingerprints.evaluate import combine_tables, provenance_path
+from saliency_fingerprints.provenance import PACKAGES
+
+REQUIRED = {"stage", "config", "code_version", "packages", "device", "wall_time_s", "finished_at"}
+
+
+def check_record(record: dict, stage: str) -> dict:
+    """The common fields are there and plausible; returns the record's config subset."""
+    assert REQUIRED <= set(record), sorted(REQUIRED - set(record))
+    assert record["stage"] == stage
+    assert record["code_version"].startswith("saliency-fingerprints ")
+    assert set(record["packages"]) == set(PACKAGES)
+    assert record["packages"]["torch"] != "not installed"
+    assert record["device"].startswith(("cpu", "cuda"))
+    assert isinstance(record["wall_time_s"], float | int) and record["wall_time_s"] >= 0
+    assert isinstance(record["config"], dict) and record["config"]
+    return record["config"]
+
+
+def store_provenance(path: Path) -> dict:
+    ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
+    assert "provenance" in ds.attrs, path
+    return json.loads(ds.attrs["provenance"])
+
+
+def test_dataset_store(tiny_run):
+    config = check_record(
+        store_provenance(tiny_run / "results/data/digits.zarr"), "prepare_dataset"
+    )
+    expected = tiny_config()["dataset"]
+    assert {k: config[k] for k in expected} == expected
+
+
+def test_map_stores(tiny_run):
+    cfg = tiny_config()
+    stores = sorted((tiny_run / "results/saliency").glob("*/*.zarr"))
+    assert len(stores) == 6
+    for store in stores:
+        method, primary = store.parent.name, store.name.removesuffix(".zarr")
+        record = store_provenance(store)
+        config = check_record(record, "compute_saliency")
+        assert config["method"] == method and config["primary"] == primary
+        assert config["method_params"] == cfg["methods"][method]
+        for key, value in cfg["saliency"].items():
+            assert config[key] == value, (store, key)
+        # Only what the maps depend on: no secondary or plotting settings.
+        assert not {"secondary", "plots", "experiments"} & set(config)
+        assert record["n_maps"] == cfg["saliency"]["max_images"]
+
+
+def test_primaries(tiny_run):
+    training = tiny_config()["primary_training"]
+    for metrics in sorted((tiny_run / "results/primaries").glob("*/metrics.json")):
+        record = json.loads(metrics.read_text())["provenance"]
+        config = check_record(record, "train_primary")
+        assert f"{config['architecture']}-seed{config['seed']}" == metrics.parent.name
+        assert {k: config[k] for k in training} == training
+
+
+def test_secondaries(tiny_run):
+    found = sorted((tiny_run / "results/experiments").glob("*/secondaries/*/*/metrics.json"))
+    assert len(found) == 6
+    secondary = tiny_config()["secondary"]
+    for metrics in found:
+        config = check_record(json.loads(metrics.read_text())["provenance"], "train_secondary")
+        assert config["method"] == metrics.parent.parent.name
+        assert config["variant"] == metrics.parent.name
+        assert config["primaries"] == ["cnn2-seed0", "cnn2-seed1"]
+        for key in ("architecture", "epochs", "seed", "test_fraction", "preprocess"):
+            assert config[key] == secondary[key], (metrics, key)
+
+
+def test_cross_evaluation_tables(tiny_run):
+    tables = sorted((tiny_run / "results/experiments").glob("*/cross_evaluation/*.csv"))
+    assert [t.stem for t in tables] == ["original", "shuffled_per_map"]
+    for table in tables:
+        config = check_record(json.loads(provenance_path(table).read_text()), "cross_evaluate")
+        assert config["experiment"] == "two_cnn2" and config["variant"] == table.stem
+
+
+def test_combined_table(tiny_run):
+    tables = tiny_run / "results/tables"
+    sidecar = provenance_path(tables / "cross_evaluation.csv")
+    assert sidecar == provenance_path(tables / "cross_evaluation.md")
+    record = json.loads(sidecar.read_text())
+    config = check_record(record, "combine_tables")
+    parts = sorted(tiny_run.glob("results/experiments/*/cross_evaluation/*.csv"))
+    assert sorted(config["parts"]) == [str(p.relative_to(tiny_run)) for p in parts]
+    for part in parts:
+        part_config = json.loads(provenance_path(part).read_text())["config"]
+        assert config["parts"][str(part.relative_to(tiny_run))] == part_config
+    assert record["n_rows"] == 18  # 2 variants x 3 train methods x 3 test methods
+
+
+def test_combined_table_provenance_is_written_first(tmp_path, monkeypatch):
+    """A combined CSV never exists without its sidecar: the sidecar is written first."""
+    import pandas as pd
+
+    from saliency_fingerprints import evaluate
+
+    row = {
+        "experiment": "e", "variant": "original", "train_method": "grad", "test_method": "grad",
+        "accuracy": 0.9, "ci_low": 0.8, "ci_high": 0.95, "chance": 0.5, "n_test": 100,
+        "n_primaries": 2,
+    }  # fmt: skip
+    part = tmp_path / "part.csv"
+    pd.DataFrame([row], columns=evaluate.COLUMNS).to_csv(part, index=False)
+    tables = tmp_path / "tables"
+    written = []
+    real = evaluate.atomic_output
+
+    def spy(path):
+        written.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(evaluate, "atomic_output", spy)
+    combine_tables([part], tables / "cross_evaluation.csv", tables / "cross_evaluation.md")
+    assert written == [
+        "cross_evaluation.provenance.json",
+        "cross_evaluation.csv",
+        "cross_evaluation.md",
+    ]
+    record = json.loads((tables / "cross_evaluation.provenance.json").read_text())
+    check_record(record, "combine_tables")
+    assert record["config"] == {"parts": {str(part): None}}  # the part had no sidecar
+    assert record["n_rows"] == 1
