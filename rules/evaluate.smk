@@ -12,13 +12,13 @@ rule cross_evaluate:
     params:
         methods=lambda wc: experiment_methods(wc.experiment),
         primaries=lambda wc: primary_names(wc.experiment),
-        secondary=lambda wc: secondary_config(wc.experiment),
+        secondary=lambda wc: secondary_params(wc.experiment, [wc.variant]),
     log:
         f"{LOGS}/cross_evaluate/{{experiment}}/{{variant}}.log",
     threads: 1
     resources:
-        mem_mb=16000,
-        runtime=60,
+        mem_mb=lambda wc, attempt: 16000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
         gpu=1,
     conda:
         "../envs/pipeline.yaml"
@@ -44,8 +44,8 @@ rule combine_tables:
         f"{LOGS}/combine_tables.log",
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=lambda wc, attempt: 1000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
     conda:
         "../envs/pipeline.yaml"
     script:

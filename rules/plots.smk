@@ -9,13 +9,13 @@ rule plot_heatmap:
             caption="../report/heatmap.rst",
         ),
     params:
-        plots=config["plots"],
+        plots=plot_settings("cmap", "dpi"),
     log:
         f"{LOGS}/plot_heatmap/{{experiment}}/{{variant}}.log",
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=lambda wc, attempt: 1000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
     conda:
         "../envs/pipeline.yaml"
     script:
@@ -36,14 +36,14 @@ rule plot_map_grid:
         methods=lambda wc: experiment_methods(wc.experiment),
         primaries=lambda wc: primary_names(wc.experiment),
         variants=lambda wc: experiment_variants(wc.experiment),
-        secondary=lambda wc: secondary_config(wc.experiment),
-        plots=config["plots"],
+        secondary=lambda wc: map_grid_params(wc.experiment),
+        plots=plot_settings("map_cmap", "dpi", "map_grid_images"),
     log:
         f"{LOGS}/plot_map_grid/{{experiment}}.log",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
     conda:
         "../envs/pipeline.yaml"
     script:

@@ -10,8 +10,8 @@ rule train_primary:
         f"{LOGS}/train_primary/{{architecture}}-seed{{seed}}.log",
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
         gpu=1,
     conda:
         "../envs/pipeline.yaml"

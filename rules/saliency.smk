@@ -12,8 +12,8 @@ rule compute_saliency:
         f"{LOGS}/compute_saliency/{{method}}/{{architecture}}-seed{{seed}}.log",
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 240 * attempt,
         gpu=1,
     conda:
         "../envs/pipeline.yaml"

@@ -6,13 +6,13 @@ rule train_secondary:
         metrics=f"{SECONDARY}/metrics.json",
     params:
         primaries=lambda wc: primary_names(wc.experiment),
-        secondary=lambda wc: secondary_config(wc.experiment),
+        secondary=lambda wc: secondary_params(wc.experiment, [wc.variant]),
     log:
         f"{LOGS}/train_secondary/{{experiment}}/{{method}}/{{variant}}.log",
     threads: 1
     resources:
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=lambda wc, attempt: 16000 * attempt,
+        runtime=lambda wc, attempt: 240 * attempt,
         gpu=1,
     conda:
         "../envs/pipeline.yaml"

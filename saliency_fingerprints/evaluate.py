@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -103,13 +104,17 @@ def cross_evaluate(
 
 def write_table(table: pd.DataFrame, out_csv: str | Path, provenance: dict | None = None) -> None:
     """CSV atomically; provenance goes to a ``.provenance.json`` sidecar so the CSV itself is
-    bitwise reproducible."""
+    bitwise reproducible. The sidecar is written first: a CSV never exists without its own."""
+    if provenance is not None:
+        with atomic_output(provenance_path(out_csv)) as tmp:
+            tmp.write_text(as_attr(provenance) + "\n")
     with atomic_output(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    if provenance is not None:
-        sidecar = Path(out_csv).with_suffix(".provenance.json")
-        with atomic_output(sidecar) as tmp:
-            tmp.write_text(as_attr(provenance) + "\n")
+
+
+def provenance_path(table: str | Path) -> Path:
+    """The ``.provenance.json`` sidecar of a table (``x.csv`` and ``x.md`` share one)."""
+    return Path(table).with_suffix(".provenance.json")
 
 
 def as_matrix(table: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
@@ -144,8 +149,15 @@ def markdown_report(table: pd.DataFrame) -> str:
 def combine_tables(
     parts: list[str | Path], out_csv: str | Path, out_md: str | Path
 ) -> pd.DataFrame:
+    """All cross-evaluation tables in one CSV and one markdown report; their shared sidecar
+    records the config of every part (from the parts' own sidecars)."""
+    configs = {}
+    for part in parts:
+        sidecar = provenance_path(part)
+        configs[str(part)] = json.loads(sidecar.read_text())["config"] if sidecar.exists() else None
+    prov = Provenance("combine_tables", {"parts": configs})
     table = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
-    write_table(table, out_csv)
+    write_table(table, out_csv, prov.finish(n_rows=len(table)))
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown_report(table))
     return table

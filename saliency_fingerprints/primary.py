@@ -57,7 +57,13 @@ def train_primary(
     images = torch.from_numpy(ds["image"].values).to(device)
     labels = torch.from_numpy(ds["label"].values.astype(np.int64)).to(device)
     torch.manual_seed(seed)  # Glorot init draws from the global generator
-    model = build_model(architecture, info.channels, info.image_size, len(info.classes)).to(device)
+    try:
+        model = build_model(architecture, info.channels, info.image_size, len(info.classes))
+    except ConfigError as err:  # name the primary and the dataset the check failed on
+        raise ConfigError(
+            f"primary {primary_id(architecture, seed)} on {dataset_path}: {err}"
+        ) from None
+    model = model.to(device)
     name = primary_id(architecture, seed)
     log.info(
         "%s: %d training images (of %d), %d test images, device %s",

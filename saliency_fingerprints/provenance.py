@@ -60,7 +60,7 @@ class Provenance:
             "host": platform.node(),
             "device": self.device,
             "wall_time_s": round(time.perf_counter() - self._start, 3),
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         record.update(extra)
         return record

@@ -28,7 +28,7 @@ from .provenance import Provenance
 from .runtime import describe_device, set_determinism
 from .saliency import open_maps
 from .shuffle import apply_variant
-from .store import chunk_ranges, write_json
+from .store import chunk_ranges, one_line, write_json
 from .training import TrainSettings, save_model, train_classifier
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,18 @@ def load_mapset(
         nonzero = False
         for _, start, stop in chunk_ranges(len(positions), chunk_size):
             part = ds["maps"].isel(sample=positions[start:stop])
-            raw = part.values
+            try:
+                raw = part.values
+            except Exception as err:  # zarr and its codecs raise many types for damaged chunks
+                raise DataError(
+                    f"{path}: map chunks are unreadable ({type(err).__name__}: {one_line(err)}); "
+                    "expected a complete map store - delete it and rerun to recompute it"
+                ) from None
             if not np.isfinite(raw).all():
-                raise DataError(f"{path}: maps contain NaN or infinite values")
+                raise DataError(
+                    f"{path}: maps contain NaN or infinite values (or chunks are missing); "
+                    "expected finite maps - delete the store and rerun to recompute it"
+                )
             nonzero = nonzero or bool(np.any(raw))
             x = preprocess_maps(raw, pre.get("reduce", "abs_sum"), pre.get("clip_percentile", 99.0))
             sample = part["sample"].values
@@ -133,7 +142,10 @@ def load_mapset(
             ys.append(np.full(len(x), index, dtype=np.int64))
             samples.append(sample)
         if not nonzero:
-            raise DataError(f"{path}: every map is all-zero (a dead model or a broken method)")
+            raise DataError(
+                f"{path}: every map is all-zero (a dead model or a broken method); expected "
+                "maps with some non-zero attribution"
+            )
     return MapSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(samples))
 
 
@@ -181,7 +193,11 @@ def train_secondary(
     assert not np.intersect1d(train.sample, test.sample).size  # image-disjoint by construction
     _, channels, size, _ = train.x.shape
     torch.manual_seed(seed)
-    model = build_model(cfg["architecture"], channels, size, len(primaries)).to(device)
+    try:
+        model = build_model(cfg["architecture"], channels, size, len(primaries))
+    except ConfigError as err:
+        raise ConfigError(f"experiments.{experiment}.secondary.architecture: {err}") from None
+    model = model.to(device)
     name = f"{experiment}/{method}/{variant}"
     log.info(
         "%s: %d training maps, %d test maps, %d primaries, device %s",

@@ -22,7 +22,7 @@ def main(job):
         plots["map_grid_images"],
         job.params.variants,
         secondary["preprocess"],
-        secondary["shuffle_seed"],
+        secondary.get("shuffle_seed", 0),  # absent when every variant is "original"
         plots["map_cmap"],
         plots["dpi"],
         dataset,
