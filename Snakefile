@@ -22,6 +22,7 @@ include: "rules/saliency.smk"
 include: "rules/secondaries.smk"
 include: "rules/evaluate.smk"
 include: "rules/plots.smk"
+include: "rules/paper.smk"
 
 
 rule all:

@@ -48,26 +48,19 @@ def plot_heatmap(
     _save(fig, out, dpi)
 
 
-def plot_map_grid(
+def map_grid_rows(
     stores: dict[str, dict[str, str | Path]],
-    out: str | Path,
-    n_images: int,
+    sample_ids: np.ndarray,
     variants: list[str],
     preprocess: dict,
     shuffle_seed: int,
-    cmap: str = "gray",
-    dpi: int = 150,
-    dataset=None,
-) -> None:
-    """Example maps of the same images: one row per (method, primary[, variant]), one column
-    per image (the paper's Figures 1 and 2). ``stores``: method -> primary -> store path."""
+) -> list[tuple[str, np.ndarray]]:
+    """(label, maps of ``sample_ids`` as the secondary sees them) per (method, primary, variant)."""
     rows = []
-    first = next(iter(next(iter(stores.values())).values()))
-    sample_ids = open_maps(first)["sample"].values[:n_images]
     for method, by_primary in stores.items():
         for primary, path in by_primary.items():
             ds = open_maps(path)
-            positions = np.flatnonzero(np.isin(ds["sample"].values, sample_ids))
+            positions = [int(np.flatnonzero(ds["sample"].values == s)[0]) for s in sample_ids]
             maps = preprocess_maps(
                 ds["maps"].isel(sample=positions).values,
                 preprocess.get("reduce", "abs_sum"),
@@ -79,13 +72,16 @@ def plot_map_grid(
                 if variant != "original":
                     label += f"\n{variant}"
                 rows.append((label, shown))
+    return rows
+
+
+def _draw_map_grid(fig, rows, sample_ids, cmap, dataset=None, title=None) -> None:
+    """Rows of maps (and optionally the images on top) into a figure or subfigure."""
     n_rows = len(rows) + (1 if dataset is not None else 0)
-    fig, axes = plt.subplots(
-        n_rows, len(sample_ids), squeeze=False, figsize=(1.1 * len(sample_ids) + 1.5, 1.1 * n_rows)
-    )
+    axes = fig.subplots(n_rows, len(sample_ids), squeeze=False)
     offset = 0
     if dataset is not None:
-        images = dataset["image"].isel(sample=sample_ids).values
+        images = dataset["image"].isel(sample=list(sample_ids)).values
         for j, image in enumerate(images):
             shown = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
             axes[0, j].imshow(np.clip(shown, 0, 1), cmap="gray" if image.shape[0] == 1 else None)
@@ -104,4 +100,71 @@ def plot_map_grid(
         ax.set_yticks([])
     for j, sample in enumerate(sample_ids):
         axes[0, j].set_title(f"#{sample}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+
+
+def plot_map_grid(
+    stores: dict[str, dict[str, str | Path]],
+    out: str | Path,
+    n_images: int,
+    variants: list[str],
+    preprocess: dict,
+    shuffle_seed: int,
+    cmap: str = "gray",
+    dpi: int = 150,
+    dataset=None,
+) -> None:
+    """Example maps of the same images: one row per (method, primary[, variant]), one column
+    per image (the paper's Figures 1 and 2). ``stores``: method -> primary -> store path."""
+    first = next(iter(next(iter(stores.values())).values()))
+    sample_ids = open_maps(first)["sample"].values[:n_images]
+    rows = map_grid_rows(stores, sample_ids, variants, preprocess, shuffle_seed)
+    n_rows = len(rows) + (1 if dataset is not None else 0)
+    fig = plt.figure(figsize=(1.1 * len(sample_ids) + 1.5, 1.1 * n_rows))
+    _draw_map_grid(fig, rows, sample_ids, cmap, dataset)
+    _save(fig, out, dpi)
+
+
+def plot_paper_figure(
+    panels: list[dict],
+    out: str | Path,
+    n_images: int,
+    preprocess: dict,
+    shuffle_seed: int,
+    cmap: str = "gray",
+    dpi: int = 150,
+    dataset=None,
+) -> None:
+    """The paper's Figures 1 and 2 side by side, on the same images: each panel is
+    ``{"title", "stores": method -> primary -> path, "variants"}`` (optionally with its own
+    ``"preprocess"`` and ``"shuffle_seed"``), e.g. (a) Grad maps of two ResNets and their
+    pixel-shuffled versions, (b) every method's maps of two 2-layer CNNs."""
+    if not panels:
+        raise ValueError("plot_paper_figure needs at least one panel")
+    common = None
+    for panel in panels:
+        for by_primary in panel["stores"].values():
+            for path in by_primary.values():
+                ids = open_maps(path)["sample"].values
+                common = ids if common is None else np.intersect1d(common, ids)
+    sample_ids = np.sort(common)[:n_images]
+    panel_rows = [
+        map_grid_rows(
+            p["stores"],
+            sample_ids,
+            p["variants"],
+            p.get("preprocess", preprocess),
+            int(p.get("shuffle_seed", shuffle_seed)),
+        )
+        for p in panels
+    ]
+    tallest = max(len(rows) for rows in panel_rows) + (1 if dataset is not None else 0)
+    fig = plt.figure(
+        figsize=((1.1 * len(sample_ids) + 1.6) * len(panels), 1.1 * tallest + 0.6),
+        layout="constrained",
+    )
+    subfigs = np.atleast_1d(fig.subfigures(1, len(panels), wspace=0.05))
+    for sub, panel, rows in zip(subfigs, panels, panel_rows, strict=True):
+        _draw_map_grid(sub, rows, sample_ids, cmap, dataset, panel["title"])
     _save(fig, out, dpi)

@@ -1,0 +1,25 @@
+"""Rule paper_figure: the paper's Figures 1 and 2 redrawn from our maps, on the same images."""
+
+import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
+
+from saliency_fingerprints.datasets import open_dataset
+from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.plots import plot_paper_figure
+
+
+def main(job):
+    dataset, _ = open_dataset(job.input.dataset)
+    plots = job.params.plots
+    plot_paper_figure(
+        job.params.panels,
+        job.output.png,
+        job.params.images,
+        {},
+        0,
+        plots["map_cmap"],
+        plots["dpi"],
+        dataset,
+    )
+
+
+run_job(snakemake, main)  # noqa: F821
