@@ -18,6 +18,15 @@ Defaults follow Google PAIR's ``saliency`` library, which the paper used:
 
 Noise is drawn from a generator keyed by ``(seed, sample_id)``, so a map does not depend on the
 batch or pass it was computed in.
+
+Speed (see ``benchmarks/`` and BENCHMARKS.md): the reference is the *limit*, the rows per second
+of one forward+backward pass to the input at the best pass size on the device at hand; a method
+that needs k gradient evaluations per map cannot beat ``limit / k`` maps per second.
+``pass_size: auto`` measures that best size (:func:`tune_pass_size`) instead of assuming it.
+SmoothGrad and IG build their noisy / path rows for a *block* of images at a time (whole passes
+where that is cheap), so memory stays bounded by the block, not the number of images, and the
+reduction over samples / steps is the same whatever the pass size. Grad takes its predicted
+targets from the same forward pass as the gradient (no extra forward).
 """
 
 from __future__ import annotations
@@ -25,9 +34,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +69,126 @@ def input_gradients(
     return grad, logits.detach()
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (a no-op on the CPU), so timers measure the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pass_throughput(
+    model: nn.Module, rows: torch.Tensor, min_time: float = 0.2, min_passes: int = 2
+) -> float:
+    """Rows per second of :func:`input_gradients` on passes of ``len(rows)`` rows.
+
+    One untimed pass warms up; then passes run until ``min_time`` seconds and ``min_passes``
+    passes have elapsed. On a GPU the clock is the wall clock (synchronised); on a CPU it is this
+    process's CPU time, which other jobs on a shared machine do not inflate (a busy neighbour
+    otherwise makes a random pass size look best).
+    """
+    clock = time.perf_counter if rows.device.type == "cuda" else time.process_time
+    targets = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
+    input_gradients(model, rows, targets)
+    synchronize(rows.device)
+    passes, start = 0, clock()
+    while True:
+        input_gradients(model, rows, targets)
+        passes += 1
+        synchronize(rows.device)
+        elapsed = clock() - start
+        if elapsed >= min_time and passes >= min_passes:
+            return passes * rows.shape[0] / max(elapsed, 1e-9)
+
+
+def candidate_pass_sizes(device: torch.device, row_bytes: int | None = None) -> list[int]:
+    """Pass sizes ``pass_size: auto`` tries: powers of two from 16 (on the CPU a row's gradient
+    was bitwise the same for every multiple of 16 we tried) while a pass's input stays within 8
+    MiB on a CPU (512 rows of 3x32x32 float32, 8,192 of 1x8x8) or 512 MiB on a GPU (at most
+    65,536 rows)."""
+    budget = (512 << 20) if device.type == "cuda" else (8 << 20)
+    top = 65536 if device.type == "cuda" else 8192
+    sizes = [2**i for i in range(4, top.bit_length())]
+    if row_bytes:
+        sizes = [s for s in sizes if s == 16 or s * row_bytes <= budget]
+    return sizes
+
+
+_TUNED_PASS_SIZES: dict[tuple, int] = {}
+
+
+def tune_pass_size(
+    model: nn.Module,
+    image_shape: Sequence[int],
+    device: torch.device | None = None,
+    max_rows: int | None = None,
+    candidates: Sequence[int] | None = None,
+    min_time: float | None = None,
+    rounds: int = 3,
+) -> int:
+    """The pass size with the most forward+backward rows per second for this model and device.
+
+    Each candidate is timed ``rounds`` times (interleaved, best of them, which is robust to a busy
+    machine); the smallest size within 3% of the best wins (less memory for the same speed).
+    Results are cached per architecture, image shape, dtype and device for the process.
+    ``max_rows`` (the job's total rows) drops sizes that would not give the job 8 passes, and for
+    small jobs large sizes and extra rounds, so that measuring costs about a tenth of the job.
+    """
+    param = next(model.parameters())
+    device = device or param.device
+    key = (
+        type(model).__qualname__,
+        tuple(tuple(p.shape) for p in model.parameters()),
+        tuple(image_shape),
+        param.dtype,
+        str(device),
+    )
+    if key in _TUNED_PASS_SIZES:
+        return _TUNED_PASS_SIZES[key]
+    row_bytes = math.prod(image_shape) * param.element_size()
+    sizes = sorted(candidates or candidate_pass_sizes(device, row_bytes))
+    if max_rows is not None:  # keep the measuring to ~10% of a small job's work
+        sizes = [s for s in sizes if s <= max(max_rows // 8, sizes[0])]
+        while len(sizes) > 3 and 2 * sum(sizes) > 0.1 * max_rows:
+            sizes.pop()
+        while rounds > 1 and 2 * rounds * sum(sizes) > 0.1 * max_rows:
+            rounds -= 1
+    if min_time is None:
+        min_time = 0.05 if device.type == "cuda" else 0.1
+    generator = torch.Generator().manual_seed(0)
+    rates: dict[int, float] = {}
+    for _ in range(rounds):
+        for size in sizes:
+            rows = torch.rand((size, *image_shape), generator=generator, dtype=param.dtype)
+            try:
+                rate = pass_throughput(model, rows.to(device), min_time=min_time, min_passes=1)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                sizes = [s for s in sizes if s < size]
+                break
+            rates[size] = max(rates.get(size, 0.0), rate)
+    best = max(rates.values())
+    choice = min(size for size, rate in rates.items() if rate >= 0.97 * best)
+    log.info(
+        "pass_size auto: %d rows (%s rows/s by pass size)",
+        choice,
+        ", ".join(f"{s}: {r:.0f}" for s, r in sorted(rates.items())),
+    )
+    _TUNED_PASS_SIZES[key] = choice
+    return choice
+
+
+def resolve_pass_size(
+    setting: int | str, model: nn.Module, image_shape: Sequence[int], max_rows: int | None = None
+) -> int:
+    """``saliency.pass_size`` as a number of rows: ``auto`` is measured, an integer is taken."""
+    if setting == "auto":
+        return tune_pass_size(model, image_shape, max_rows=max_rows)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ConfigError(
+            f"saliency.pass_size must be a positive integer or 'auto', got {setting!r}"
+        )
+    return setting
+
+
 class SaliencyMethod:
     """Base class: ``attribute(images, targets, sample_ids) -> maps`` (same shape as images).
 
@@ -86,6 +217,18 @@ class SaliencyMethod:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def attribute_with_predictions(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        sample_ids: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(maps, targets, predictions)``: the maps, the classes they explain (``targets``, or
+        the predictions when ``targets`` is None) and the model's predicted classes."""
+        predictions = self.predict(images)
+        targets = predictions if targets is None else targets
+        return self.attribute(images, targets, sample_ids), targets, predictions
+
     # -- helpers shared by the methods -------------------------------------------------------
     def _row_gradients(self, rows: torch.Tensor, row_targets: torch.Tensor) -> torch.Tensor:
         """Input gradients of many rows, ``pass_size`` rows per forward+backward pass."""
@@ -96,6 +239,19 @@ class SaliencyMethod:
                 self.model, rows[start:stop], row_targets[start:stop]
             )
         return out
+
+    def _block_images(self, images: torch.Tensor, k: int) -> int:
+        """Images whose ``k`` rows each are built and reduced together (a *block*).
+
+        Where the rows of a few images fill whole passes (``lcm(pass_size, k)`` rows, at most
+        ``k`` passes) that many; else about eight passes' worth. Either way at most ~256 MB of
+        rows, so memory does not grow with the number of images in a call.
+        """
+        row_bytes = images[:1].numel() * images.element_size()
+        cap = max(1, (256 << 20) // max(1, row_bytes * k))
+        whole = self.pass_size // math.gcd(self.pass_size, k)  # images filling whole passes
+        block = whole if whole <= cap else max(1, (8 * self.pass_size) // k)
+        return max(1, min(block, cap, images.shape[0]))
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -113,12 +269,72 @@ class Gradient(SaliencyMethod):
     name = "grad"
 
     def attribute(self, images, targets=None, sample_ids=None):
+        return self.attribute_with_predictions(images, targets, sample_ids)[0]
+
+    def attribute_with_predictions(self, images, targets=None, sample_ids=None):
+        """One forward+backward per pass gives the gradient *and* the prediction."""
         maps = torch.empty_like(images)
+        predictions = torch.empty(images.shape[0], dtype=torch.long, device=images.device)
         for start in range(0, images.shape[0], self.pass_size):
             stop = start + self.pass_size
             batch_targets = None if targets is None else targets[start:stop]
-            maps[start:stop], _ = input_gradients(self.model, images[start:stop], batch_targets)
-        return maps
+            maps[start:stop], logits = input_gradients(
+                self.model, images[start:stop], batch_targets
+            )
+            predictions[start:stop] = logits.argmax(1)
+        return maps, (predictions if targets is None else targets), predictions
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``(x * c) mod 2**32`` for 32-bit values held in int64, without int64 overflow."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (C. Wellons): a well-mixing bijection of 32-bit integers, on int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_normal(
+    seed: int,
+    sample_ids: Sequence[int] | torch.Tensor,
+    count: int,
+    device: torch.device | str = "cpu",
+    max_elements: int = 1 << 23,
+) -> torch.Tensor:
+    """Standard-normal float32 draws ``(len(sample_ids), count)``, computed on ``device``.
+
+    Counter-based: draw ``j`` of a row is a fixed function of ``(seed, sample id, j)`` (two
+    32-bit hashes give two uniforms, Box-Muller turns them into normals), so a row does not depend
+    on the other ids, the batch or the device; integer hashing is exact everywhere, the float
+    transform agrees across devices to rounding. Used for SmoothGrad's noise on GPUs, where
+    drawing with one CPU generator per image cannot keep up with the passes. Uniforms have 24
+    bits: draws are capped at about 5.8 standard deviations.
+    """
+    ids = torch.as_tensor(sample_ids, dtype=torch.int64).to(device)
+    key = _hash32(torch.full_like(ids, (seed & _M32) ^ 0x5EED5EED))
+    key = _hash32(key ^ ((seed >> 32) & _M32))
+    key = _hash32(key ^ (ids & _M32))
+    key = _hash32(key ^ ((ids >> 32) & _M32)).unsqueeze(1)
+    half = (count + 1) // 2
+    counters = _hash32(torch.arange(2 * half, dtype=torch.int64, device=device))
+    out = torch.empty((len(ids), 2 * half), dtype=torch.float32, device=device)
+    rows = max(1, max_elements // max(1, 2 * half))  # bound the int64 temporaries
+    for a in range(0, len(ids), rows):
+        bits = _hash32(counters.unsqueeze(0) ^ key[a : a + rows]) >> 8  # 24 random bits
+        uniform = (bits.to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
+        radius = torch.sqrt(-2.0 * torch.log(uniform[:, :half]))
+        angle = (2.0 * math.pi) * uniform[:, half:]
+        out[a : a + rows, :half] = radius * torch.cos(angle)
+        out[a : a + rows, half:] = radius * torch.sin(angle)
+    return out[:, :count]
 
 
 class SmoothGrad(SaliencyMethod):
@@ -157,28 +373,45 @@ class SmoothGrad(SaliencyMethod):
         }
 
     def noise(self, images: torch.Tensor, sample_ids: Sequence[int]) -> torch.Tensor:
-        """Standard-normal noise, ``(batch, n_samples, *image)``, keyed by sample id."""
+        """Standard-normal noise, ``(batch, n_samples, *image)``, keyed by sample id.
+
+        On a CPU: one torch generator per image, seeded by ``(seed, sample id)``. On a GPU:
+        :func:`keyed_normal`, computed on the device for the whole block at once (one CPU
+        generator per image capped SmoothGrad at a fraction of the GPU's limit). Both are keyed
+        by ``(seed, sample id)`` only, but they are different streams: a GPU's maps equal a CPU's
+        in distribution, not draw for draw (Grad and IG maps agree to float rounding).
+        """
         shape = (self.n_samples, *images.shape[1:])
+        if images.device.type != "cpu":
+            count = math.prod(shape)
+            return keyed_normal(self.seed, list(sample_ids), count, images.device).view(
+                len(sample_ids), *shape
+            )
         return torch.stack(
             [torch.randn(shape, generator=seed_generator(self.seed, int(i))) for i in sample_ids]
-        ).to(images.device)
+        )
 
     def attribute(self, images, targets=None, sample_ids=None):
         batch = images.shape[0]
-        if sample_ids is None:
-            sample_ids = range(batch)
+        sample_ids = list(range(batch) if sample_ids is None else sample_ids)
         if targets is None:
             targets = self.predict(images)
+        k, tail = self.n_samples, images.shape[1:]
         flat = images.flatten(1)
         spread = (flat.max(1).values - flat.min(1).values) * self.noise_level
-        stdev = spread.view(batch, 1, *([1] * (images.dim() - 1)))
-        rows = images.unsqueeze(1) + self.noise(images, sample_ids) * stdev
-        rows = rows.reshape(batch * self.n_samples, *images.shape[1:])
-        grads = self._row_gradients(rows, targets.repeat_interleave(self.n_samples))
-        grads = grads.view(batch, self.n_samples, *images.shape[1:])
-        if self.magnitude:
-            grads = grads * grads
-        return grads.mean(dim=1)
+        stdev = spread.view(batch, 1, *([1] * len(tail)))
+        maps = torch.empty_like(images)
+        block = self._block_images(images, k)
+        for a in range(0, batch, block):
+            b = min(a + block, batch)
+            rows = images[a:b].unsqueeze(1) + self.noise(images[a:b], sample_ids[a:b]) * stdev[a:b]
+            rows = rows.reshape((b - a) * k, *tail)
+            grads = self._row_gradients(rows, targets[a:b].repeat_interleave(k))
+            grads = grads.view(b - a, k, *tail)
+            if self.magnitude:
+                grads = grads.mul_(grads)
+            maps[a:b] = grads.mean(dim=1)
+        return maps
 
 
 IG_RULES = ("pair", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
@@ -245,14 +478,20 @@ class IntegratedGradients(SaliencyMethod):
             targets = self.predict(images)
         base = self.baseline_of(images)
         diff = images - base
+        k, tail = self.n_steps, images.shape[1:]
         alphas = self.alphas.to(images.device, images.dtype)
         weights = self.weights.to(images.device, images.dtype)
-        shape = (1, self.n_steps, *([1] * (images.dim() - 1)))
-        rows = base.unsqueeze(1) + alphas.view(shape) * diff.unsqueeze(1)
-        rows = rows.reshape(batch * self.n_steps, *images.shape[1:])
-        grads = self._row_gradients(rows, targets.repeat_interleave(self.n_steps))
-        grads = grads.view(batch, self.n_steps, *images.shape[1:])
-        return (grads * weights.view(shape)).sum(dim=1) * diff
+        shape = (1, k, *([1] * len(tail)))
+        maps = torch.empty_like(images)
+        block = self._block_images(images, k)
+        for a in range(0, batch, block):
+            b = min(a + block, batch)
+            rows = base[a:b].unsqueeze(1) + alphas.view(shape) * diff[a:b].unsqueeze(1)
+            rows = rows.reshape((b - a) * k, *tail)
+            grads = self._row_gradients(rows, targets[a:b].repeat_interleave(k))
+            grads = grads.view(b - a, k, *tail)
+            maps[a:b] = (grads * weights.view(shape)).sum(dim=1) * diff[a:b]
+        return maps
 
 
 METHODS: dict[str, type[SaliencyMethod]] = {
@@ -260,6 +499,7 @@ METHODS: dict[str, type[SaliencyMethod]] = {
     "smoothgrad": SmoothGrad,
     "integrated_gradients": IntegratedGradients,
 }
+from . import perturbation  # noqa: E402,F401,I001  (registers meaningful_perturbation; no cycle)
 
 SHORT_NAMES = {
     "grad": "Grad",
@@ -318,14 +558,18 @@ def compute_saliency_maps(
 ) -> None:
     """Compute one method's maps for one primary and stream them into a Zarr store.
 
-    Images are read chunk by chunk from the dataset store and maps are written chunk by chunk,
-    so peak memory depends on ``chunk_size`` and ``pass_size``, not on the number of images.
+    Images are read chunk by chunk from the dataset store (the next group of chunks is read
+    by a background thread while the current one computes) and maps are written chunk by chunk
+    (by the writer's background thread), so peak memory depends on ``chunk_size`` and
+    ``pass_size``, not on the number of images. ``saliency.pass_size: auto`` is measured on the
+    device at hand; when a pass holds more rows than a chunk has (Grad on a GPU), several chunks
+    go through the engine together.
     """
     from .datasets import open_dataset
     from .provenance import Provenance, as_attr
     from .runtime import describe_device, set_determinism
     from .store import ChunkedMapWriter, chunk_ranges
-    from .training import load_model
+    from .training import load_model, numeric_precision
 
     config = {"method": method, "method_params": method_params, **cfg}
     prov = Provenance("compute_saliency", {**config, "primary": primary}, describe_device(device))
@@ -334,10 +578,18 @@ def compute_saliency_maps(
     model = load_model(weights_path, device)
     for p in model.parameters():
         p.requires_grad_(False)
-    engine = build_method(method, model, method_params, int(cfg["pass_size"]))
+    setting = cfg["pass_size"]
+    image_shape = (info.channels, info.image_size, info.image_size)
+    fixed = 1 if setting == "auto" else resolve_pass_size(setting, model, image_shape)
+    engine = build_method(method, model, method_params, fixed)
     ids = select_images(
         ds["split"].values, cfg["images"], cfg.get("max_images"), int(cfg.get("seed", 0))
     )
+    tf32 = bool(cfg.get("tf32", False))
+    with numeric_precision(tf32=tf32):
+        engine.pass_size = resolve_pass_size(
+            setting, model, image_shape, max_rows=len(ids) * engine.gradient_evaluations
+        )
     target_mode = cfg["target"]
     if target_mode not in ("true", "predicted"):
         raise ConfigError(f"saliency.target must be 'true' or 'predicted', got {target_mode!r}")
@@ -369,10 +621,38 @@ def compute_saliency_maps(
         ).encode()
     ).hexdigest()
     images_var = ds["image"]
+
+    def read(chunks: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ids and float32 images of consecutive chunks (one read when contiguous)."""
+        positions = np.concatenate([np.arange(start, stop) for _, start, stop in chunks])
+        chunk_ids = ids[positions]
+        contiguous = chunk_ids[-1] - chunk_ids[0] + 1 == len(chunk_ids)
+        where = slice(int(chunk_ids[0]), int(chunk_ids[-1]) + 1) if contiguous else chunk_ids
+        return chunk_ids, np.asarray(images_var.isel(sample=where).values, dtype=np.float32)
+
+    # Chunks per engine call: enough rows to fill a pass (only matters for Grad on a GPU), but
+    # at most ~64 MB of images, so host memory stays bounded whatever the pass size.
+    per_call = -(-engine.pass_size // (engine.gradient_evaluations * chunk_size))
+    chunk_bytes = chunk_size * math.prod(image_shape) * 4
+    per_call = max(1, min(per_call, (64 << 20) // chunk_bytes))
+    log.info(
+        "%s/%s: %d maps, pass size %d rows%s, %d gradient evaluations per map, device %s",
+        primary,
+        method,
+        n,
+        engine.pass_size,
+        " (auto)" if setting == "auto" else "",
+        engine.gradient_evaluations,
+        describe_device(device),
+    )
     start_time = time.perf_counter()
-    with ChunkedMapWriter(
-        out, shape, chunk_size, coords, attrs, fingerprint, dtype=cfg.get("dtype", "float32")
-    ) as writer:
+    with (
+        ChunkedMapWriter(
+            out, shape, chunk_size, coords, attrs, fingerprint, dtype=cfg.get("dtype", "float32")
+        ) as writer,
+        ThreadPoolExecutor(max_workers=1) as reader,
+        numeric_precision(tf32=tf32),
+    ):
         done = writer.done_chunks
         if done:
             log.info(
@@ -390,30 +670,35 @@ def compute_saliency_maps(
             file=sys.stderr,
             disable=None,
         )
-        for index, start, stop in chunk_ranges(n, chunk_size):
-            if index in done:
-                bar.update(stop - start)
-                continue
-            chunk_ids = ids[start:stop]
-            images = torch.from_numpy(
-                images_var.isel(sample=chunk_ids).values.astype(np.float32)
-            ).to(device)
-            with torch.no_grad():
-                preds = engine.predict(images)
+        todo = [c for c in chunk_ranges(n, chunk_size) if c[0] not in done]
+        bar.update(n - sum(stop - start for _, start, stop in todo))
+        groups = [todo[i : i + per_call] for i in range(0, len(todo), per_call)]
+        pending = reader.submit(read, groups[0]) if groups else None
+        for number, group in enumerate(groups):
+            chunk_ids, values = pending.result()
+            if number + 1 < len(groups):
+                pending = reader.submit(read, groups[number + 1])
+            images = torch.from_numpy(values).to(device)
+            positions = np.concatenate([np.arange(start, stop) for _, start, stop in group])
             targets = (
-                preds
+                None
                 if target_mode == "predicted"
-                else torch.from_numpy(labels[start:stop]).to(device)
+                else torch.from_numpy(labels[positions]).to(device)
             )
-            maps = engine.attribute(images, targets, sample_ids=chunk_ids.tolist())
+            maps, targets, preds = engine.attribute_with_predictions(
+                images, targets, sample_ids=chunk_ids.tolist()
+            )
             if not torch.isfinite(maps).all():
                 raise DataError(f"{out}: {method} produced NaN/inf maps for {primary}")
-            writer.write_chunk(
-                index,
-                maps.cpu().numpy(),
-                {"target": targets.cpu().numpy(), "prediction": preds.cpu().numpy()},
-            )
-            bar.update(stop - start)
+            maps, targets, preds = maps.cpu().numpy(), targets.cpu().numpy(), preds.cpu().numpy()
+            offset = 0
+            for index, start, stop in group:
+                part = slice(offset, offset + stop - start)
+                writer.write_chunk(
+                    index, maps[part], {"target": targets[part], "prediction": preds[part]}
+                )
+                offset += stop - start
+            bar.update(offset)
         bar.close()
         elapsed = time.perf_counter() - start_time
         writer.final_attrs["provenance"] = as_attr(
@@ -421,6 +706,7 @@ def compute_saliency_maps(
                 n_maps=n,
                 maps_per_second=round(n / max(elapsed, 1e-9), 2),
                 gradient_evaluations_per_map=engine.gradient_evaluations,
+                pass_size_used=engine.pass_size,
             )
         )
     log.info("%s/%s: %d maps in %.1fs", primary, method, n, time.perf_counter() - start_time)
