@@ -18,6 +18,14 @@ from .shuffle import apply_variant  # noqa: E402
 from .store import atomic_output  # noqa: E402
 
 
+def spread_sample(ids: np.ndarray, n: int) -> np.ndarray:
+    """``n`` ids evenly spaced over the sorted ``ids``: image-folder datasets are ordered by
+    class, so the first ``n`` would all be one class."""
+    if len(ids) <= n:
+        return ids
+    return ids[np.linspace(0, len(ids) - 1, n).round().astype(int)]
+
+
 def _save(fig, out: str | Path, dpi: int) -> None:
     with atomic_output(out) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
@@ -118,7 +126,7 @@ def plot_map_grid(
     """Example maps of the same images: one row per (method, primary[, variant]), one column
     per image (the paper's Figures 1 and 2). ``stores``: method -> primary -> store path."""
     first = next(iter(next(iter(stores.values())).values()))
-    sample_ids = open_maps(first)["sample"].values[:n_images]
+    sample_ids = spread_sample(open_maps(first)["sample"].values, n_images)
     rows = map_grid_rows(stores, sample_ids, variants, preprocess, shuffle_seed)
     n_rows = len(rows) + (1 if dataset is not None else 0)
     fig = plt.figure(figsize=(1.1 * len(sample_ids) + 1.5, 1.1 * n_rows))
@@ -148,7 +156,7 @@ def plot_paper_figure(
             for path in by_primary.values():
                 ids = open_maps(path)["sample"].values
                 common = ids if common is None else np.intersect1d(common, ids)
-    sample_ids = np.sort(common)[:n_images]
+    sample_ids = spread_sample(np.sort(common), n_images)
     panel_rows = [
         map_grid_rows(
             p["stores"],
