@@ -83,10 +83,13 @@ def map_grid_rows(
     return rows
 
 
-def _draw_map_grid(fig, rows, sample_ids, cmap, dataset=None, title=None) -> None:
-    """Rows of maps (and optionally the images on top) into a figure or subfigure."""
+def _draw_map_grid(fig, rows, sample_ids, cmap, dataset=None, title=None, min_rows=0) -> None:
+    """Rows of maps (and optionally the images on top) into a figure or subfigure; at least
+    ``min_rows`` rows of axes (unused ones hidden), so panels side by side share a row height."""
     n_rows = len(rows) + (1 if dataset is not None else 0)
-    axes = fig.subplots(n_rows, len(sample_ids), squeeze=False)
+    axes = fig.subplots(max(n_rows, min_rows), len(sample_ids), squeeze=False)
+    for ax in axes[n_rows:].flat:
+        ax.set_axis_off()
     offset = 0
     if dataset is not None:
         images = dataset["image"].isel(sample=list(sample_ids)).values
@@ -103,7 +106,7 @@ def _draw_map_grid(fig, rows, sample_ids, cmap, dataset=None, title=None) -> Non
                 vmin=0 if maps.min() >= 0 else None,
             )
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    for ax in axes.flat:
+    for ax in axes[:n_rows].flat:
         ax.set_xticks([])
         ax.set_yticks([])
     for j, sample in enumerate(sample_ids):
@@ -174,5 +177,5 @@ def plot_paper_figure(
     )
     subfigs = np.atleast_1d(fig.subfigures(1, len(panels), wspace=0.05))
     for sub, panel, rows in zip(subfigs, panels, panel_rows, strict=True):
-        _draw_map_grid(sub, rows, sample_ids, cmap, dataset, panel["title"])
+        _draw_map_grid(sub, rows, sample_ids, cmap, dataset, panel["title"], tallest)
     _save(fig, out, dpi)
