@@ -2,6 +2,7 @@
 #
 #   dataset -> primaries (architecture x seed) -> saliency maps (method x primary, Zarr)
 #           -> secondaries (experiment x method x variant) -> cross-evaluation -> tables, figures
+#   primaries -> sanity checks (parameter / label randomisation, input shift) -> tables, figures
 #
 # `snakemake --cores all` runs config/config.yaml (embedded digits). A preset replaces it:
 # `snakemake --cores all --configfile config/cifar10-cpu.yaml`.
@@ -23,6 +24,7 @@ include: "rules/secondaries.smk"
 include: "rules/evaluate.smk"
 include: "rules/plots.smk"
 include: "rules/paper.smk"
+include: "rules/sanity.smk"
 
 
 rule all:

@@ -179,3 +179,98 @@ def plot_paper_figure(
     for sub, panel, rows in zip(subfigs, panels, panel_rows, strict=True):
         _draw_map_grid(sub, rows, sample_ids, cmap, dataset, panel["title"], tallest)
     _save(fig, out, dpi)
+
+
+# -- sanity checks -------------------------------------------------------------------------------
+
+
+def plot_sanity_curves(summary: pd.DataFrame, out: str | Path, dpi: int = 150) -> None:
+    """Adebayo et al.'s figure: median Spearman rank correlation of |map| (band: quartiles)
+    with the trained model's maps, as the weight layers are randomised from the top; then the
+    random-label primary and the input shift. One panel per primary, one line per method."""
+    primaries = list(dict.fromkeys(summary["primary"]))
+    fig, axes = plt.subplots(
+        1, len(primaries), figsize=(6.5 * len(primaries), 4.2), squeeze=False, sharey=True
+    )
+    for ax, primary in zip(axes[0], primaries, strict=True):
+        block = summary[summary["primary"] == primary]
+        ladder = block[block["test"].str.startswith("randomised")]
+        steps = ladder.drop_duplicates("step").sort_values("step")
+        labels = list(steps["layer"])
+        extra = [t for t in ("random_labels", "input_shift") if t in set(block["test"])]
+        for index, (method, rows) in enumerate(block.groupby("method", sort=False)):
+            colour = f"C{index}"
+            line = rows[rows["test"].str.startswith("randomised")].sort_values("step")
+            ax.plot(
+                line["step"],
+                line["spearman_abs_median"],
+                "o-",
+                color=colour,
+                label=SHORT_NAMES.get(method, method),
+            )
+            ax.fill_between(
+                line["step"],
+                line["spearman_abs_q1"],
+                line["spearman_abs_q3"],
+                color=colour,
+                alpha=0.15,
+            )
+            for offset, test in enumerate(extra, start=len(labels) + 1):
+                point = rows[rows["test"] == test]
+                if point.empty:
+                    continue
+                median = float(point["spearman_abs_median"].iloc[0])
+                low = median - float(point["spearman_abs_q1"].iloc[0])
+                high = float(point["spearman_abs_q3"].iloc[0]) - median
+                ax.errorbar(offset, median, yerr=[[low], [high]], fmt="s", color=colour, capsize=3)
+        ticks = labels + [t.replace("_", " ") for t in extra]
+        ax.set_xticks(range(1, len(ticks) + 1), ticks, rotation=60, ha="right", fontsize=7)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_ylim(-0.5, 1.05)
+        ax.set_title(f"{primary}: {ladder['test'].iloc[0] if len(ladder) else ''}", fontsize=9)
+        ax.set_xlabel("layers re-initialised, top first (then other tests)")
+    axes[0, 0].set_ylabel("Spearman of |map| with trained maps")
+    axes[0, -1].legend(fontsize=8, loc="lower left")
+    _save(fig, out, dpi)
+
+
+def plot_sanity_maps(
+    stores: dict[str, str | Path], out: str | Path, cmap: str = "magma", dpi: int = 150
+) -> None:
+    """The kept test images' maps under every change: per image, the image, then one row per
+    method; one column per stage (trained, each randomisation step, random labels, input
+    shift). ``stores``: method -> the sanity-check map store of one primary."""
+    import xarray as xr
+
+    opened = {m: xr.open_zarr(p, consolidated=False) for m, p in stores.items()}
+    first = next(iter(opened.values()))
+    stages = list(first["stage"].values)
+    samples = list(first["sample"].values)
+    per_image = len(opened) + 1
+    fig, axes = plt.subplots(
+        per_image * len(samples),
+        len(stages),
+        figsize=(0.95 * len(stages) + 1.2, 0.95 * per_image * len(samples) + 0.8),
+        squeeze=False,
+    )
+    for k, sample in enumerate(samples):
+        top = k * per_image
+        image = first["image"].isel(sample=k).values
+        shown = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        axes[top, 0].imshow(np.clip(shown, 0, 1), cmap="gray" if image.shape[0] == 1 else None)
+        axes[top, 0].set_ylabel(f"#{sample}", rotation=0, ha="right", va="center", fontsize=8)
+        for ax in axes[top, 1:]:
+            ax.set_axis_off()
+        for i, (method, ds) in enumerate(opened.items(), start=top + 1):
+            for j, stage_map in enumerate(ds["maps"].isel(sample=k).values):
+                axes[i, j].imshow(np.abs(stage_map).sum(0), cmap=cmap)
+            axes[i, 0].set_ylabel(
+                SHORT_NAMES.get(method, method), rotation=0, ha="right", va="center", fontsize=8
+            )
+    for j, stage in enumerate(stages):
+        axes[1, j].set_title(str(stage).split(":")[-1].replace("_", " "), fontsize=6, rotation=45)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{first.attrs.get('primary', '')}: |map| under each change", fontsize=9)
+    _save(fig, out, dpi)

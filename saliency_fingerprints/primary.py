@@ -33,6 +33,12 @@ def training_subset(train_ids: np.ndarray, fraction: float, seed: int) -> np.nda
     return np.sort(rng.choice(train_ids, size=size, replace=False))
 
 
+def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """``labels`` in a seeded random order: the data randomisation test's training labels (same
+    class balance, no relation to the images)."""
+    return labels[np.random.default_rng([seed, 0x1ABE]).permutation(len(labels))]
+
+
 def train_primary(
     dataset_path: str | Path,
     architecture: str,
@@ -42,10 +48,21 @@ def train_primary(
     metrics_out: str | Path,
     device: torch.device,
     threads: int | None = None,
+    label_permutation_seed: int | None = None,
 ) -> dict:
+    """Train the primary ``architecture``-seed``seed`` on its own subset of the training split.
+
+    With ``label_permutation_seed`` its training labels are randomly permuted first (the data
+    randomisation sanity check of Adebayo et al., 2018); it is then named ``...-random_labels``.
+    """
     prov = Provenance(
         "train_primary",
-        {"architecture": architecture, "seed": seed, **cfg},
+        {
+            "architecture": architecture,
+            "seed": seed,
+            "label_permutation_seed": label_permutation_seed,
+            **cfg,
+        },
         describe_device(device),
     )
     set_determinism(seed, threads)
@@ -55,7 +72,11 @@ def train_primary(
     train_ids = training_subset(np.flatnonzero(split == "train"), cfg["train_fraction"], seed)
     test_ids = np.flatnonzero(split == "test")
     images = torch.from_numpy(ds["image"].values).to(device)
-    labels = torch.from_numpy(ds["label"].values.astype(np.int64)).to(device)
+    label_values = ds["label"].values.astype(np.int64)
+    if label_permutation_seed is not None:
+        label_values = label_values.copy()
+        label_values[train_ids] = permuted_labels(label_values[train_ids], label_permutation_seed)
+    labels = torch.from_numpy(label_values).to(device)
     torch.manual_seed(seed)  # Glorot init draws from the global generator
     try:
         model = build_model(architecture, info.channels, info.image_size, len(info.classes))
@@ -65,6 +86,8 @@ def train_primary(
         ) from None
     model = model.to(device)
     name = primary_id(architecture, seed)
+    if label_permutation_seed is not None:
+        name += "-random_labels"
     log.info(
         "%s: %d training images (of %d), %d test images, device %s",
         name,
@@ -90,6 +113,10 @@ def train_primary(
         "seed": seed,
         "n_train": len(train_ids),
         "n_test": len(test_ids),
+        "labels": "original"
+        if label_permutation_seed is None
+        else f"permuted (seed {label_permutation_seed})",
+        "final_train_accuracy": history[-1].get("train_accuracy"),
         "final_test_accuracy": history[-1]["test_accuracy"],
         "history": history,
         "provenance": prov.finish(),

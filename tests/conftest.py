@@ -19,8 +19,9 @@ def load_default_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-def tiny_config() -> dict:
-    """The default experiment shrunk to run in well under a minute on 2 CPU cores."""
+def tiny_config(sanity: bool = True) -> dict:
+    """The default experiment shrunk to run in well under a minute on 2 CPU cores; without its
+    sanity checks if not ``sanity`` (tests of how jobs run, not of what they compute)."""
     cfg = load_default_config()
     cfg["primary_training"].update(epochs=3)
     cfg["saliency"].update(max_images=240, chunk_size=64)
@@ -28,6 +29,10 @@ def tiny_config() -> dict:
     cfg["methods"]["integrated_gradients"].update(n_steps=4)
     cfg["secondary"].update(epochs=4)
     cfg["plots"].update(map_grid_images=3, dpi=60)
+    cfg["sanity_checks"].update(n_images=40)
+    cfg["sanity_checks"]["random_labels"].update(epochs=2)
+    if not sanity:
+        del cfg["sanity_checks"]
     return cfg
 
 

@@ -62,8 +62,9 @@ def test_runs_produced_the_same_files(runs):
     [
         "results/primaries/*/model.safetensors",
         "results/experiments/*/secondaries/*/*/model.safetensors",
+        "results/sanity/primaries/*/model.safetensors",
     ],
-    ids=["primaries", "secondaries"],
+    ids=["primaries", "secondaries", "random-label-primaries"],
 )
 def test_weights_are_bitwise_identical(runs, pattern):
     tiny_run, second_run = runs
@@ -116,8 +117,10 @@ def test_maps_are_bitwise_identical(runs):
         "results/tables/cross_evaluation.csv",
         "results/tables/cross_evaluation.md",
         "results/experiments/*/cross_evaluation/*.csv",
+        "results/tables/sanity_checks.csv",
+        "results/sanity/*/*.csv",
     ],
-    ids=["combined-csv", "combined-md", "per-experiment"],
+    ids=["combined-csv", "combined-md", "per-experiment", "sanity-summary", "sanity-per-image"],
 )
 def test_tables_are_bitwise_identical(runs, pattern):
     tiny_run, second_run = runs

@@ -136,7 +136,7 @@ def test_workflow_killed_mid_write_recovers_exactly(tiny_run, tmp_path):
     uninterrupted run's, bit for bit."""
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
-    cfg = tiny_config()
+    cfg = tiny_config(sanity=False)
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     caught = None
     for attempt in range(3):  # each saliency job lasts a fraction of a second: retry a miss

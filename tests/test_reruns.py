@@ -104,6 +104,10 @@ def _second_gets_a_variant(cfg: dict) -> None:
     cfg["experiments"][SECOND]["variants"] = ["original", "shuffled_fixed"]
 
 
+# The sanity checks' summary table and figures (one checked primary, cnn2-seed0).
+SANITY_SUMMARY = {"combine_sanity_tables": 1, "plot_sanity_curves": 1, "plot_sanity_maps": 1}
+ALL_SANITY_CHECKS = {"sanity_check": 3, **SANITY_SUMMARY}
+
 EVERYTHING_AFTER_PRIMARIES = {
     "compute_saliency": 6,
     "train_secondary": 7,
@@ -129,6 +133,8 @@ EDITS = {
             "combine_tables": 1,
             "plot_heatmap": 2,
             "plot_map_grid": 1,
+            "sanity_check": 1,  # SmoothGrad's sanity check of cnn2-seed0, not Grad's or IG's
+            **SANITY_SUMMARY,
             "all": 1,
         },
     ),
@@ -201,12 +207,33 @@ EDITS = {
         },
     ),
     "heatmap-cmap": (_edit("plots.cmap", "plasma"), {"plot_heatmap": 3, "all": 1}),
-    "map-cmap": (_edit("plots.map_cmap", "gray"), {"plot_map_grid": 2, "all": 1}),
-    "dpi": (_edit("plots.dpi", 72), {"plot_heatmap": 3, "plot_map_grid": 2, "all": 1}),
+    "map-cmap": (
+        _edit("plots.map_cmap", "gray"),
+        {"plot_map_grid": 2, "plot_sanity_maps": 1, "all": 1},
+    ),
+    "dpi": (
+        _edit("plots.dpi", 72),
+        {
+            "plot_heatmap": 3,
+            "plot_map_grid": 2,
+            "plot_sanity_curves": 1,
+            "plot_sanity_maps": 1,
+            "all": 1,
+        },
+    ),
     "saliency-images": (_edit("saliency.max_images", 200), EVERYTHING_AFTER_PRIMARIES),
+    # the random-label copy keeps its own epochs (sanity_checks.random_labels.epochs: 2)
     "primary-epochs": (
         _edit("primary_training.epochs", 4),
-        {"train_primary": 2, **EVERYTHING_AFTER_PRIMARIES},
+        {"train_primary": 2, **EVERYTHING_AFTER_PRIMARIES, **ALL_SANITY_CHECKS},
+    ),
+    "sanity-input-shift": (
+        _edit("sanity_checks.input_shift", 0.5),
+        {**ALL_SANITY_CHECKS, "all": 1},
+    ),
+    "random-label-epochs": (
+        _edit("sanity_checks.random_labels.epochs", 3),
+        {"train_random_label_primary": 1, **ALL_SANITY_CHECKS, "all": 1},
     ),
 }
 
@@ -221,6 +248,7 @@ SLOW_EDITS = {
     "saliency-images",
     "primary-epochs",
     "variant-added-to-experiment",
+    "sanity-input-shift",
 }
 
 

@@ -224,7 +224,7 @@ def slurm_run(tmp_path_factory):
             workdir = tmp_path_factory.mktemp("slurm_run")
             proc = run_workflow(
                 workdir,
-                tiny_config(),
+                tiny_config(sanity=False),
                 "--workflow-profile",
                 str(SLURM_PROFILE),
                 profile=str(CI_PROFILE),
@@ -262,7 +262,7 @@ def assert_run_succeeded(run: SlurmRun) -> None:
 @pytest.mark.slurm
 def test_every_job_ran_as_a_slurm_job(slurm_run, tmp_path):
     assert_run_succeeded(slurm_run)
-    expected = planned_jobs(tmp_path / "plan", tiny_config())
+    expected = planned_jobs(tmp_path / "plan", tiny_config(sanity=False))
     expected.pop("all")
     logs = job_logs(slurm_run.workdir)
     ran = {}
@@ -330,7 +330,7 @@ def test_failed_job_is_retried_with_more_memory_and_time(slurm_run):
 def test_slurm_run_is_complete_and_idempotent(slurm_run):
     """A second dry run of the finished SLURM run has nothing to do."""
     assert_run_succeeded(slurm_run)
-    assert planned_jobs(slurm_run.workdir, tiny_config()) == {}
+    assert planned_jobs(slurm_run.workdir, tiny_config(sanity=False)) == {}
 
 
 def minutes(limit: str) -> int:

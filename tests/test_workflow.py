@@ -46,6 +46,8 @@ def test_figures_are_pngs(tiny_run):
         "cross_evaluation/two_cnn2/original.png",
         "cross_evaluation/two_cnn2/shuffled_per_map.png",
         "maps/two_cnn2.png",
+        "sanity/rank_correlation.png",
+        "sanity/maps/cnn2-seed0.png",
     }
     for path in figures:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,126 @@
+# Sanity checks of the saliency methods (beyond the paper): parameter randomisation, data
+# randomisation and input invariance, for the primaries and methods in config key sanity_checks.
+
+include: "sanity_common.smk"
+
+
+rule train_random_label_primary:
+    input:
+        dataset=DATASET,
+    output:
+        weights=f"{RANDOM_LABEL_PRIMARY}/model.safetensors",
+        metrics=f"{RANDOM_LABEL_PRIMARY}/metrics.json",
+    params:
+        training=lambda wc: random_label_training(),
+        label_seed=lambda wc: sanity_settings()["random_labels"]["seed"],
+    log:
+        f"{LOGS}/train_random_label_primary/{{architecture}}-seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+        gpu=1,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/train_random_label_primary.py"
+
+
+rule sanity_check:
+    input:
+        unpack(sanity_check_input),
+    output:
+        table=SANITY_TABLE,
+        maps=directory(SANITY_MAPS),
+    params:
+        method=lambda wc: method_params(wc.method),
+        sanity=lambda wc: sanity_params(),
+        pass_size=config["saliency"]["pass_size"],
+        primary=lambda wc: primary_name(wc.architecture, wc.seed),
+    log:
+        f"{LOGS}/sanity_check/{{method}}/{{architecture}}-seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+        gpu=1,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/sanity_check.py"
+
+
+rule combine_sanity_tables:
+    input:
+        lambda wc: [
+            SANITY_TABLE.format(method=m, architecture=a, seed=s)
+            for m in sanity_settings()["methods"]
+            for a, s in sanity_primaries(config)
+        ],
+    output:
+        csv=report(
+            f"{RESULTS}/tables/sanity_checks.csv",
+            category="Sanity checks",
+            caption="../report/sanity_checks.rst",
+        ),
+        markdown=f"{RESULTS}/tables/sanity_checks.md",
+    log:
+        f"{LOGS}/combine_sanity_tables.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 1000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/combine_sanity_tables.py"
+
+
+rule plot_sanity_curves:
+    input:
+        summary=f"{RESULTS}/tables/sanity_checks.csv",
+    output:
+        png=report(
+            f"{RESULTS}/figures/sanity/rank_correlation.png",
+            category="Sanity checks",
+            caption="../report/sanity_curves.rst",
+        ),
+    params:
+        plots=plot_settings("dpi"),
+    log:
+        f"{LOGS}/plot_sanity_curves.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 1000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_sanity_curves.py"
+
+
+rule plot_sanity_maps:
+    input:
+        maps=lambda wc: [
+            SANITY_MAPS.format(method=m, architecture=wc.architecture, seed=wc.seed)
+            for m in sanity_settings()["methods"]
+        ],
+    output:
+        png=report(
+            f"{RESULTS}/figures/sanity/maps/{{architecture}}-seed{{seed}}.png",
+            category="Sanity checks",
+            caption="../report/sanity_maps.rst",
+        ),
+    params:
+        methods=lambda wc: list(sanity_settings()["methods"]),
+        plots=plot_settings("map_cmap", "dpi"),
+    log:
+        f"{LOGS}/plot_sanity_maps/{{architecture}}-seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_sanity_maps.py"

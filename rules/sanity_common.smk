@@ -1,0 +1,54 @@
+# Helpers of rules/sanity.smk: the sanity_checks config key, paths and params.
+
+SANITY = f"{RESULTS}/sanity"
+RANDOM_LABEL_PRIMARY = f"{SANITY}/primaries/{{architecture}}-seed{{seed}}-random_labels"
+SANITY_TABLE = f"{SANITY}/{{method}}/{{architecture}}-seed{{seed}}.csv"
+SANITY_MAPS = f"{SANITY}/{{method}}/{{architecture}}-seed{{seed}}.zarr"
+
+
+def sanity_settings():
+    return config.get("sanity_checks") or {}
+
+
+def random_labels_enabled():
+    return sanity_settings().get("random_labels", {}).get("enabled", True)
+
+
+def random_label_training():
+    """``primary_training`` with the random-label epochs, when set."""
+    epochs = sanity_settings()["random_labels"].get("epochs")
+    return deep_merge(config["primary_training"], {} if epochs is None else {"epochs": epochs})
+
+
+def sanity_params():
+    """What a sanity-check table depends on, besides its method and primary (the random-label
+    primary's training is in its own rule's params)."""
+    cfg = sanity_settings()
+    keep = ("n_images", "seed", "parameter_randomisation", "input_shift", "figure_images")
+    return {
+        **{k: cfg[k] for k in keep},
+        "random_labels": random_labels_enabled(),
+        "target": config["saliency"]["target"],
+    }
+
+
+def sanity_check_input(wildcards):
+    """The dataset, the primary and (with the data randomisation test) its random-label copy."""
+    which = {"architecture": wildcards.architecture, "seed": wildcards.seed}
+    inputs = {"dataset": DATASET, "weights": f"{PRIMARY}/model.safetensors".format(**which)}
+    if random_labels_enabled():
+        inputs["random_labels"] = f"{RANDOM_LABEL_PRIMARY}/model.safetensors".format(**which)
+    return inputs
+
+
+def sanity_outputs():
+    if not sanity_primaries(config):
+        return []
+    return [
+        f"{RESULTS}/tables/sanity_checks.csv",
+        f"{RESULTS}/tables/sanity_checks.md",
+        f"{RESULTS}/figures/sanity/rank_correlation.png",
+    ] + [
+        f"{RESULTS}/figures/sanity/maps/{primary_name(a, s)}.png"
+        for a, s in sanity_primaries(config)
+    ]

@@ -1,0 +1,237 @@
+"""Config checks behind ``rules/common.smk``: one line per problem, naming the key and what was
+expected.
+
+Snakemake's own ``validate`` prints the whole schema on an error; :func:`check_schema` reports
+only the most relevant error, as ``<key>: got <value>; expected <what>``. The cross-key checks a
+JSON schema cannot express (:func:`check_experiments`) and the checks on the filesystem
+(:func:`check_results_writable`, :func:`check_dataset_files`) raise the same kind of
+:class:`~saliency_fingerprints.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+_COMPARISONS = {
+    "minimum": ">=",
+    "exclusiveMinimum": ">",
+    "maximum": "<=",
+    "exclusiveMaximum": "<",
+}
+
+
+def key_path(parts: Iterable[str | int]) -> str:
+    """A config location as users write it: ``experiments.two_cnn2.primaries[0].seeds``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def expectation(error: jsonschema.ValidationError) -> str | None:
+    """What a failed schema keyword asked for, in words (None if there is no short way)."""
+    kind, value = error.validator, error.validator_value
+    if kind == "enum":
+        return "one of: " + ", ".join(str(v) for v in value)
+    if kind == "const":
+        return repr(value)
+    if kind == "type":
+        return f"type {' or '.join(value) if isinstance(value, list) else value}"
+    if kind in _COMPARISONS:
+        return f"a number {_COMPARISONS[kind]} {value}"
+    if kind == "minItems":
+        return f"at least {value} item(s)"
+    if kind == "minProperties":
+        return f"at least {value} entries"
+    if kind == "pattern":
+        return f"a string matching {value}"
+    if kind == "minLength":
+        return f"a string of at least {value} character(s)"
+    if kind in ("anyOf", "oneOf"):  # one expectation per alternative
+        branches: dict = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        words = [expectation(jsonschema.exceptions.best_match(b)) for b in branches.values()]
+        if words and all(words):
+            return " or ".join(words)
+    return None
+
+
+def schema_message(error: jsonschema.ValidationError) -> str:
+    """One line for a jsonschema error: the key, what it holds, what was expected."""
+    where, kind, value = key_path(error.absolute_path), error.validator, error.validator_value
+    if kind == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        prefix = "" if where == "(top level)" else f"{where}."
+        return (
+            f"{prefix}{extra[0] if extra else '?'}: unknown key; expected one of: "
+            f"{', '.join(allowed)}"
+        )
+    if kind == "required":
+        missing = [k for k in value if k not in error.instance]
+        return f"{where}: missing required key {missing[0] if missing else value!r}"
+    if kind == "uniqueItems":
+        dups = sorted({str(v) for v in error.instance if error.instance.count(v) > 1})
+        return f"{where}: {', '.join(dups)} listed more than once; expected each item once"
+    expected = expectation(error)
+    if expected is None:
+        return f"{where}: {error.message}"
+    got = repr(error.instance)
+    if kind == "minItems":
+        got = f"{len(error.instance)} item(s)"
+    elif kind == "minProperties":
+        got = f"{len(error.instance)} entries"
+    return f"{where}: got {got}; expected {expected}"
+
+
+def check_schema(cfg: Mapping, schema: Mapping | str | Path) -> None:
+    """Raise :class:`ConfigError` with the most relevant schema error of ``cfg`` in one line.
+
+    ``schema`` is the schema itself or the path of its YAML file.
+    """
+    if not isinstance(schema, Mapping):
+        schema = yaml.safe_load(Path(schema).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
+    if error is not None:
+        raise ConfigError(schema_message(error))
+
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """``base`` updated recursively with ``override`` (neither is modified)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def primary_name(architecture: str, seed: int) -> str:
+    """The name of a primary in paths and in the ``primary`` coordinate of map stores."""
+    return f"{architecture}-seed{seed}"
+
+
+def experiment_primaries(config: Mapping, experiment: str) -> list[tuple[str, int]]:
+    """(architecture, seed) pairs of an experiment, in the order that defines their labels."""
+    return [
+        (group["architecture"], int(seed))
+        for group in config["experiments"][experiment]["primaries"]
+        for seed in group["seeds"]
+    ]
+
+
+def check_experiments(config: Mapping) -> None:
+    """Cross-key checks a JSON schema cannot express, with messages that name the key."""
+    for name, experiment in config["experiments"].items():
+        pairs = experiment_primaries(config, name)
+        if len(pairs) < 2:
+            raise ConfigError(
+                f"experiments.{name}.primaries: got {len(pairs)} primary; expected at least 2 "
+                "(a secondary tells primaries apart)"
+            )
+        twice = sorted({primary_name(a, s) for a, s in pairs if pairs.count((a, s)) > 1})
+        if twice:
+            raise ConfigError(
+                f"experiments.{name}.primaries: {', '.join(twice)} listed more than once; "
+                "expected each (architecture, seed) once"
+            )
+        for method in experiment["methods"]:
+            if method not in config["methods"]:
+                raise ConfigError(
+                    f"experiments.{name}.methods names {method!r} but methods.{method} is "
+                    f"missing; expected a methods.{method} block (use {{}} for the defaults)"
+                )
+
+
+def sanity_primaries(config: Mapping) -> list[tuple[str, int]]:
+    """(architecture, seed) pairs the sanity checks run on; empty without ``sanity_checks``."""
+    block = config.get("sanity_checks") or {}
+    return [
+        (group["architecture"], int(seed))
+        for group in block.get("primaries", [])
+        for seed in group["seeds"]
+    ]
+
+
+def check_sanity_checks(config: Mapping) -> None:
+    """The sanity checks' methods must have their parameters in ``methods``."""
+    block = config.get("sanity_checks") or {}
+    for method in block.get("methods", []):
+        if method not in config["methods"]:
+            raise ConfigError(
+                f"sanity_checks.methods names {method!r} but methods.{method} is missing; "
+                f"expected a methods.{method} block (use {{}} for the defaults)"
+            )
+    pairs = sanity_primaries(config)
+    twice = sorted({primary_name(a, s) for a, s in pairs if pairs.count((a, s)) > 1})
+    if twice:
+        raise ConfigError(
+            f"sanity_checks.primaries: {', '.join(twice)} listed more than once; "
+            "expected each (architecture, seed) once"
+        )
+
+
+def check_results_writable(results: str | Path) -> None:
+    """Raise :class:`ConfigError` if ``results`` cannot be created or written (nothing is
+    created by the check)."""
+    path = Path(results).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"results: {str(results)!r} is not a directory ({existing} is a file); "
+            "expected a writable directory"
+        )
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise ConfigError(
+            f"results: {str(results)!r} is not writable ({err.strerror} in {existing}); "
+            "expected a writable directory"
+        ) from None
+
+
+def local_source(dataset: Mapping) -> dict[str, str]:
+    """The local file a dataset is read from, as ``{"folder": ...}`` or ``{"archive": ...}``;
+    empty for downloads (torchvision, http(s) archives), which their job fetches."""
+    if dataset["source"] == "folder":
+        return {"folder": dataset["path"]}
+    if dataset["source"] == "archive":
+        url = urlparse(dataset["url"])
+        if url.scheme == "file":
+            return {"archive": url2pathname(url.path)}
+        if url.scheme not in ("http", "https"):
+            return {"archive": dataset["url"]}
+    return {}
+
+
+def check_dataset_files(dataset: Mapping) -> None:
+    """A local dataset folder or archive must exist before anything runs (downloads are
+    checked by the job that fetches them)."""
+    local = local_source(dataset)
+    if "folder" in local and not Path(local["folder"]).is_dir():
+        raise ConfigError(
+            f"dataset.path: directory {local['folder']!r} not found (relative to "
+            f"{os.getcwd()}); expected an ImageFolder directory with train/<class>/ and "
+            "test/<class>/"
+        )
+    if "archive" in local and not Path(local["archive"]).is_file():
+        raise ConfigError(
+            f"dataset.url: archive {local['archive']!r} not found (relative to {os.getcwd()}); "
+            "expected an existing .tar.gz/.tgz/.tar/.tar.bz2/.tar.xz/.zip file"
+        )

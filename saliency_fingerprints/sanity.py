@@ -1,0 +1,339 @@
+"""Sanity checks of the saliency methods themselves, beyond the paper.
+
+A fingerprint is only interesting if the maps depend on what the network learned. Three tests,
+each comparing a primary's maps with maps of the same images made under a change:
+
+* **Model parameter randomisation** (Adebayo et al., 2018): the weight layers are re-initialised
+  from the top (logits) down, one more at each step (``cascading``), or one at a time with the
+  others kept trained (``independent``). A method whose maps stay similar does not depend on
+  the weights it claims to explain.
+* **Data randomisation** (Adebayo et al., 2018): the maps of a primary trained on permuted
+  labels (:func:`~saliency_fingerprints.primary.train_primary` with a label seed).
+* **Input invariance** (Kindermans et al., 2017): every input shifted by a constant ``m`` and the
+  model compensated so that it computes the same function (:class:`ShiftedInput`): the outputs
+  and input gradients are unchanged, so a method *should* give the same maps. Grad and SmoothGrad
+  pass; Integrated Gradients with a zero baseline does not.
+
+Similarity per image, as in the sanity-check literature: Spearman rank correlation of the
+absolute maps (``spearman_abs``) and of the signed maps (``spearman``), both after summing the
+channels, and SSIM of the absolute maps scaled to [0, 1] (``ssim``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from scipy.stats import rankdata
+from torch import nn
+
+from .datasets import open_dataset
+from .errors import ConfigError
+from .evaluate import write_table
+from .provenance import Provenance, as_attr
+from .runtime import describe_device, set_determinism
+from .saliency import build_method, resolve_pass_size
+from .store import atomic_output, write_dataset
+from .training import load_model, predict
+
+log = logging.getLogger(__name__)
+
+RANDOMISATIONS = ("cascading", "independent")
+SIMILARITIES = ("spearman_abs", "spearman", "ssim")
+NO_LAYER = "-"  # the layer column of tests that change no single layer
+
+
+# -- the changed models ------------------------------------------------------------------------
+
+
+def weight_layers(model: nn.Module) -> list[str]:
+    """Names of the conv and linear layers, input side first (the order they are defined in)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def reinitialise_(module: nn.Module, generator: torch.Generator) -> None:
+    """Glorot-uniform weights and zero biases, as at initialisation, from ``generator``."""
+    weight = torch.empty(module.weight.shape, dtype=module.weight.dtype)
+    nn.init.xavier_uniform_(weight, generator=generator)
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if module.bias is not None:
+            module.bias.zero_()
+
+
+def randomised_models(
+    model: nn.Module, mode: str, seed: int
+) -> Iterator[tuple[str, int, nn.Module]]:
+    """``(layer, step, model)`` for every step of parameter randomisation, top layer first.
+
+    ``cascading``: step ``k`` has the top ``k`` weight layers re-initialised (one model, changed
+    in place between steps). ``independent``: step ``k`` has only the ``k``-th layer from the top
+    re-initialised. The re-initialisation is seeded: the same layer gets the same weights in
+    both modes.
+    """
+    if mode not in RANDOMISATIONS:
+        raise ConfigError(
+            f"sanity_checks.parameter_randomisation: got {mode!r}; expected one of: "
+            + ", ".join(RANDOMISATIONS)
+        )
+    layers = list(reversed(weight_layers(model)))
+    current = copy.deepcopy(model)
+    for step, name in enumerate(layers, start=1):
+        if mode == "independent":
+            current = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(seed * 1_000 + step)
+        reinitialise_(current.get_submodule(name), generator)
+        yield name, step, current
+
+
+class ShiftedInput(nn.Module):
+    """Kindermans et al.'s compensated network: ``ShiftedInput(f, m)(x + m) == f(x)``.
+
+    The paper folds ``-W m`` into the first layer's bias, which is exact only without zero
+    padding at the borders; subtracting ``m`` before ``f`` is the same function everywhere, and
+    the methods here see a network only through its outputs and input gradients.
+    """
+
+    def __init__(self, model: nn.Module, shift: float) -> None:
+        super().__init__()
+        self.model = model
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x - self.shift)
+
+
+# -- similarity of maps ------------------------------------------------------------------------
+
+
+def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * b).sum(axis=1) / denominator, np.nan)
+
+
+def spearman(a: np.ndarray, b: np.ndarray, absolute: bool) -> np.ndarray:
+    """Per-image Spearman rank correlation of ``(N, C, H, W)`` maps after summing channels
+    (of absolute values if ``absolute``); NaN where a map is constant."""
+    reduce = (lambda m: np.abs(m).sum(axis=1)) if absolute else (lambda m: m.sum(axis=1))
+    ra = rankdata(reduce(a).reshape(len(a), -1), axis=1)
+    rb = rankdata(reduce(b).reshape(len(b), -1), axis=1)
+    return _rowwise_pearson(ra, rb)
+
+
+def _unit_abs(maps: np.ndarray) -> np.ndarray:
+    flat = np.abs(maps).sum(axis=1)
+    peak = flat.reshape(len(flat), -1).max(axis=1)[:, None, None]
+    return flat / np.where(peak > 0, peak, 1.0)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
+    """Per-image structural similarity (Wang et al., 2004) of the absolute, channel-summed maps
+    scaled to [0, 1]: a uniform ``window`` (at most the image size), data range 1."""
+    x = torch.from_numpy(_unit_abs(a)).double()[:, None]
+    y = torch.from_numpy(_unit_abs(b)).double()[:, None]
+    size = min(window, x.shape[-1], x.shape[-2])
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(t, size, stride=1)
+
+    mx, my = mean(x), mean(y)
+    vx, vy = mean(x * x) - mx * mx, mean(y * y) - my * my
+    cov = mean(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    index = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return index.mean(dim=(1, 2, 3)).numpy()
+
+
+def similarities(reference: np.ndarray, maps: np.ndarray) -> dict[str, np.ndarray]:
+    """Every similarity of ``maps`` to ``reference``, per image."""
+    return {
+        "spearman_abs": spearman(reference, maps, absolute=True),
+        "spearman": spearman(reference, maps, absolute=False),
+        "ssim": ssim(reference, maps),
+    }
+
+
+# -- the sanity-check job: one method on one primary ---------------------------------------------
+
+
+def select_test_images(split: np.ndarray, n_images: int, seed: int) -> np.ndarray:
+    """A seeded random subset of the test split (sorted sample ids)."""
+    ids = np.flatnonzero(split == "test")
+    if len(ids) == 0:
+        raise ConfigError("sanity_checks: the dataset has no test images")
+    if n_images < len(ids):
+        ids = np.sort(np.random.default_rng([seed, 0x5A71]).choice(ids, n_images, replace=False))
+    return ids
+
+
+def run_sanity_checks(
+    dataset_path: str | Path,
+    weights_path: str | Path,
+    random_label_weights_path: str | Path | None,
+    table_out: str | Path,
+    maps_out: str | Path,
+    method: str,
+    method_params: dict,
+    cfg: dict,
+    saliency_cfg: dict,
+    primary: str,
+    device: torch.device,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Maps of ``n_images`` test images by ``primary`` and by each changed model; a long table
+    of per-image similarities to the primary's maps (``table_out``, CSV) and, for the first
+    ``figure_images`` images, every map set (``maps_out``, Zarr, dims stage/sample/channel/y/x).
+    """
+    seed = int(cfg.get("seed", 0))
+    prov = Provenance(
+        "sanity_checks",
+        {"method": method, "method_params": method_params, "primary": primary, **cfg},
+        describe_device(device),
+    )
+    set_determinism(seed, threads)
+    ds, info = open_dataset(dataset_path)
+    ids = select_test_images(ds["split"].values, int(cfg["n_images"]), seed)
+    images = torch.from_numpy(ds["image"].values[ids]).to(device)
+    labels = torch.from_numpy(ds["label"].values[ids].astype(np.int64)).to(device)
+    model = load_model(weights_path, device)
+    pass_size = resolve_pass_size(saliency_cfg.get("pass_size", 64), model, images.shape[1:])
+
+    def maps_of(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+        engine = build_method(method, net.eval(), method_params, pass_size)
+        return engine.attribute(inputs, targets, ids.tolist()).detach().cpu().numpy()
+
+    predicted = predict(model, images, batch_size=pass_size)
+    targets = labels if saliency_cfg.get("target", "predicted") == "true" else predicted
+    reference = maps_of(model, images, targets)
+    stages: list[tuple[str, str, int, np.ndarray]] = [("trained", NO_LAYER, 0, reference)]
+
+    mode = cfg.get("parameter_randomisation", "cascading")
+    for layer, step, net in randomised_models(model, mode, seed):
+        stages.append((f"randomised_{mode}", layer, step, maps_of(net, images, targets)))
+        log.info("%s %s: %s randomisation, step %d (%s)", primary, method, mode, step, layer)
+    if random_label_weights_path is not None:
+        permuted = load_model(random_label_weights_path, device)
+        stages.append(("random_labels", NO_LAYER, 0, maps_of(permuted, images, targets)))
+        log.info("%s %s: random-label primary", primary, method)
+    shift = cfg.get("input_shift")
+    if shift is not None:
+        shifted = ShiftedInput(model, float(shift))
+        stages.append(
+            ("input_shift", NO_LAYER, 0, maps_of(shifted, images + float(shift), targets))
+        )
+        log.info("%s %s: input shifted by %g", primary, method, shift)
+
+    rows = []
+    for test, layer, step, maps in stages[1:]:
+        scores = similarities(reference, maps)
+        for i, sample in enumerate(ids):
+            rows.append(
+                {
+                    "primary": primary,
+                    "method": method,
+                    "test": test,
+                    "layer": layer,
+                    "step": step,
+                    "sample": int(sample),
+                    **{name: float(values[i]) for name, values in scores.items()},
+                }
+            )
+    table = pd.DataFrame(rows)
+    record = prov.finish(n_images=len(ids), stages=len(stages))
+
+    keep = min(int(cfg.get("figure_images", 4)), len(ids))
+    names = ["trained"] + [
+        f"{test}:{layer}" if layer != NO_LAYER else test for test, layer, _, _ in stages[1:]
+    ]
+    store = xr.Dataset(
+        {
+            "maps": (
+                ("stage", "sample", "channel", "y", "x"),
+                np.stack([maps[:keep] for *_, maps in stages]).astype(np.float32),
+            ),
+            "image": (("sample", "channel", "y", "x"), images[:keep].cpu().numpy()),
+        },
+        coords={
+            "stage": names,
+            "test": ("stage", [s[0] for s in stages]),
+            "layer": ("stage", [s[1] for s in stages]),
+            "sample": ids[:keep],
+            "channel": np.arange(info.channels),
+            "y": np.arange(info.image_size),
+            "x": np.arange(info.image_size),
+        },
+        attrs={
+            "primary": primary,
+            "method": method,
+            # the pass size ``auto`` measured goes with the maps, not into the table's sidecar
+            # (it may differ between runs of the same config; the results do not)
+            "provenance": as_attr({**record, "pass_size": pass_size}),
+        },
+    )
+    write_dataset(store, maps_out)  # the maps first: the table is the rule's marker of success
+    write_table(table, table_out, record)
+    return table
+
+
+# -- the summary over primaries and methods ------------------------------------------------------
+
+
+def summarise(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Median and interquartile range of every similarity per (primary, method, test, step)."""
+    data = pd.concat(tables, ignore_index=True)
+    keys = ["primary", "method", "test", "step", "layer"]
+    grouped = data.groupby(keys, sort=False)[list(SIMILARITIES)]
+    out = grouped.median().add_suffix("_median")
+    q1, q3 = grouped.quantile(0.25), grouped.quantile(0.75)
+    for name in SIMILARITIES:
+        out[f"{name}_q1"], out[f"{name}_q3"] = q1[name], q3[name]
+    out["n_images"] = grouped.size()
+    return out.reset_index()
+
+
+def markdown_summary(summary: pd.DataFrame) -> str:
+    """The summary as one table per test: rows (primary, method), columns the steps."""
+    parts = [
+        "# Sanity checks\n",
+        "Median Spearman rank correlation of |map| between each primary's maps and the maps "
+        "of the changed model (1 = unchanged maps; a method *passes* a randomisation test "
+        "when this falls towards 0, and the input-shift test when it stays at 1). "
+        "Quartiles, signed Spearman and SSIM are in `sanity_checks.csv`.\n",
+    ]
+    for test, block in summary.groupby("test", sort=False):
+        parts.append(f"\n## {test}\n")
+        block = block.assign(
+            column=[
+                f"{step}: {layer}" if layer != NO_LAYER else test
+                for step, layer in zip(block["step"], block["layer"], strict=True)
+            ]
+        )
+        matrix = block.pivot_table(
+            index=["primary", "method"],
+            columns="column",
+            values="spearman_abs_median",
+            sort=False,
+        )
+        parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
+    return "".join(parts)
+
+
+def combine_sanity_tables(
+    parts: list[str | Path], out_csv: str | Path, out_md: str | Path
+) -> pd.DataFrame:
+    """Every (primary, method) table summarised in one CSV and one markdown report."""
+    summary = summarise([pd.read_csv(p) for p in parts])
+    prov = Provenance("combine_sanity_tables", {"parts": [str(p) for p in parts]})
+    write_table(summary, out_csv, prov.finish(n_rows=len(summary)))
+    with atomic_output(out_md) as tmp:
+        tmp.write_text(markdown_summary(summary))
+    return summary

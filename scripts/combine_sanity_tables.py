@@ -1,0 +1,11 @@
+"""Rule combine_sanity_tables: every sanity-check table -> one summary CSV and markdown."""
+
+import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
+
+from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.sanity import combine_sanity_tables
+
+run_job(
+    snakemake,  # noqa: F821
+    lambda job: combine_sanity_tables(list(job.input), job.output.csv, job.output.markdown),
+)

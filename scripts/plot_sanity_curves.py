@@ -1,0 +1,14 @@
+"""Rule plot_sanity_curves: similarity to the trained maps as layers are randomised."""
+
+import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
+import pandas as pd
+
+from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.plots import plot_sanity_curves
+
+run_job(
+    snakemake,  # noqa: F821
+    lambda job: plot_sanity_curves(
+        pd.read_csv(job.input.summary), job.output.png, job.params.plots["dpi"]
+    ),
+)

@@ -1,0 +1,16 @@
+"""Rule plot_sanity_maps: one primary's maps under every sanity-check change."""
+
+import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
+
+from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.plots import plot_sanity_maps
+
+run_job(
+    snakemake,  # noqa: F821
+    lambda job: plot_sanity_maps(
+        dict(zip(job.params.methods, job.input.maps, strict=True)),
+        job.output.png,
+        job.params.plots["map_cmap"],
+        job.params.plots["dpi"],
+    ),
+)
