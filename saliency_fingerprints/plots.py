@@ -227,7 +227,8 @@ def plot_sanity_curves(summary: pd.DataFrame, out: str | Path, dpi: int = 150) -
         ax.set_xticks(range(1, len(ticks) + 1), ticks, rotation=60, ha="right", fontsize=7)
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_ylim(-0.5, 1.05)
-        ax.set_title(f"{primary}: {ladder['test'].iloc[0] if len(ladder) else ''}", fontsize=9)
+        mode = ladder["test"].iloc[0].removeprefix("randomised_") if len(ladder) else ""
+        ax.set_title(f"{primary}: {mode} parameter randomisation", fontsize=9)
         ax.set_xlabel("layers re-initialised, top first (then other tests)")
     axes[0, 0].set_ylabel("Spearman of |map| with trained maps")
     axes[0, -1].legend(fontsize=8, loc="lower left")

@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .evaluate import write_table
 from .provenance import Provenance, as_attr
 from .runtime import describe_device, set_determinism
-from .saliency import build_method, resolve_pass_size
+from .saliency import SHORT_NAMES, build_method, resolve_pass_size
 from .store import atomic_output, write_dataset
 from .training import load_model, predict
 
@@ -250,7 +250,9 @@ def run_sanity_checks(
     table = pd.DataFrame(rows)
     record = prov.finish(n_images=len(ids), stages=len(stages))
 
-    keep = min(int(cfg.get("figure_images", 4)), len(ids))
+    # images kept for figures: spread over the selection (ImageFolder ids are ordered by class)
+    keep = np.linspace(0, len(ids) - 1, min(int(cfg.get("figure_images", 2)), len(ids)))
+    keep = np.unique(keep.round().astype(int))
     names = ["trained"] + [
         f"{test}:{layer}" if layer != NO_LAYER else test for test, layer, _, _ in stages[1:]
     ]
@@ -258,15 +260,15 @@ def run_sanity_checks(
         {
             "maps": (
                 ("stage", "sample", "channel", "y", "x"),
-                np.stack([maps[:keep] for *_, maps in stages]).astype(np.float32),
+                np.stack([maps[keep] for *_, maps in stages]).astype(np.float32),
             ),
-            "image": (("sample", "channel", "y", "x"), images[:keep].cpu().numpy()),
+            "image": (("sample", "channel", "y", "x"), images[torch.as_tensor(keep)].cpu().numpy()),
         },
         coords={
             "stage": names,
             "test": ("stage", [s[0] for s in stages]),
             "layer": ("stage", [s[1] for s in stages]),
-            "sample": ids[:keep],
+            "sample": ids[keep],
             "channel": np.arange(info.channels),
             "y": np.arange(info.image_size),
             "x": np.arange(info.image_size),
@@ -301,28 +303,35 @@ def summarise(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def markdown_summary(summary: pd.DataFrame) -> str:
-    """The summary as one table per test: rows (primary, method), columns the steps."""
+    """The summary in words and tables: per primary, the randomisation ladder (rows: methods,
+    columns: steps); then random labels and the input shift side by side."""
     parts = [
-        "# Sanity checks\n",
-        "Median Spearman rank correlation of |map| between each primary's maps and the maps "
-        "of the changed model (1 = unchanged maps; a method *passes* a randomisation test "
-        "when this falls towards 0, and the input-shift test when it stays at 1). "
-        "Quartiles, signed Spearman and SSIM are in `sanity_checks.csv`.\n",
+        "# Sanity checks\n\n",
+        "Median over test images of the Spearman rank correlation of |map| between each "
+        "primary's maps and the maps of the changed model (1 = unchanged maps). A method "
+        "*passes* a randomisation test when this falls towards 0, and the input-shift test when "
+        "it stays at 1. Quartiles, signed Spearman and SSIM are in `sanity_checks.csv`.\n",
     ]
-    for test, block in summary.groupby("test", sort=False):
-        parts.append(f"\n## {test}\n")
+    ladder = summary[summary["test"].str.startswith("randomised")]
+    for (primary, test), block in ladder.groupby(["primary", "test"], sort=False):
+        mode = test.removeprefix("randomised_")
+        parts.append(f"\n## {primary}: {mode} parameter randomisation, top layer first\n\n")
         block = block.assign(
-            column=[
-                f"{step}: {layer}" if layer != NO_LAYER else test
-                for step, layer in zip(block["step"], block["layer"], strict=True)
-            ]
+            column=[f"{k}: {layer}" for k, layer in zip(block["step"], block["layer"], strict=True)]
         )
         matrix = block.pivot_table(
-            index=["primary", "method"],
-            columns="column",
-            values="spearman_abs_median",
-            sort=False,
+            index="method", columns="column", values="spearman_abs_median", sort=False
         )
+        matrix.index = [SHORT_NAMES.get(m, m) for m in matrix.index]
+        parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
+    others = summary[~summary["test"].str.startswith("randomised")]
+    if len(others):
+        parts.append("\n## Data randomisation and input invariance\n\n")
+        matrix = others.pivot_table(
+            index=["primary", "method"], columns="test", values="spearman_abs_median", sort=False
+        )
+        matrix.index = [f"{p} {SHORT_NAMES.get(m, m)}" for p, m in matrix.index]
+        matrix.columns = [c.replace("_", " ") for c in matrix.columns]
         parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
     return "".join(parts)
 

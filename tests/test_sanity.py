@@ -163,8 +163,9 @@ def test_summary_and_markdown():
     assert fc["spearman_abs_median"] == pytest.approx(0.515)
     assert fc["spearman_abs_q1"] <= fc["spearman_abs_median"] <= fc["spearman_abs_q3"]
     text = markdown_summary(summary)
-    assert "## randomised_cascading" in text and "## input_shift" in text
-    assert "1: fc" in text and "2: conv2" in text
+    assert "## p: cascading parameter randomisation" in text
+    assert "## Data randomisation and input invariance" in text and "input shift" in text
+    assert "1: fc" in text and "2: conv2" in text and "| Grad " in text
 
 
 def test_sanity_outputs_of_the_workflow(tiny_run):
