@@ -222,7 +222,14 @@ def plot_sanity_curves(summary: pd.DataFrame, out: str | Path, dpi: int = 150) -
                 median = float(point["spearman_abs_median"].iloc[0])
                 low = median - float(point["spearman_abs_q1"].iloc[0])
                 high = float(point["spearman_abs_q3"].iloc[0]) - median
-                ax.errorbar(offset, median, yerr=[[low], [high]], fmt="s", color=colour, capsize=3)
+                ax.errorbar(  # side by side: equal values would hide each other
+                    offset + 0.12 * (index - 1),
+                    median,
+                    yerr=[[low], [high]],
+                    fmt="s",
+                    color=colour,
+                    capsize=3,
+                )
         ticks = labels + [t.replace("_", " ") for t in extra]
         ax.set_xticks(range(1, len(ticks) + 1), ticks, rotation=60, ha="right", fontsize=7)
         ax.axhline(0, color="grey", linewidth=0.8)
