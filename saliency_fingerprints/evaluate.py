@@ -7,8 +7,10 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import binomtest
 
 from .provenance import Provenance, as_attr
 from .runtime import describe_device, set_determinism
@@ -30,7 +32,31 @@ COLUMNS = [
     "chance",
     "n_test",
     "n_primaries",
+    "p_value",
+    "p_holm",
 ]
+SIGNIFICANCE = 0.05
+
+
+def p_above_chance(successes: int, n: int, chance: float) -> float:
+    """One-sided exact binomial test of "accuracy > chance": the probability of at least
+    ``successes`` correct out of ``n`` if the secondary guessed (each test map counted as an
+    independent trial)."""
+    if n == 0:
+        return float("nan")
+    return float(binomtest(successes, n, chance, alternative="greater").pvalue)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error over the given tests)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -86,6 +112,7 @@ def cross_evaluate(
                     "chance": 1.0 / len(primaries),
                     "n_test": n,
                     "n_primaries": len(primaries),
+                    "p_value": p_above_chance(round(acc * n), n, 1.0 / len(primaries)),
                 }
             )
             log.info(
@@ -97,6 +124,9 @@ def cross_evaluate(
                 acc,
                 n,
             )
+    # one family per (experiment, variant): every cell of this table
+    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_holm"] = adjusted
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_table(table, out_csv, prov.finish())
     return table
@@ -133,8 +163,9 @@ def markdown_report(table: pd.DataFrame) -> str:
     parts = [
         "# Cross-evaluation\n",
         "Secondary test accuracy. Rows: the method whose test maps were classified; "
-        "columns: the method the secondary was trained on. The 95% Wilson interval and "
-        "n_test for every cell are in `cross_evaluation.csv`.\n",
+        "columns: the method the secondary was trained on. The 95% Wilson interval, "
+        "n_test and the p-value of an exact one-sided binomial test against chance (raw and "
+        "Holm-adjusted over the block's cells) for every cell are in `cross_evaluation.csv`.\n",
     ]
     for (experiment, variant), block in table.groupby(["experiment", "variant"], sort=False):
         chance = block["chance"].iloc[0]
@@ -143,7 +174,25 @@ def markdown_report(table: pd.DataFrame) -> str:
         matrix = as_matrix(block)
         matrix.index.name = "test on \\ trained on"
         parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
+        parts.append(chance_note(block))
     return "".join(parts)
+
+
+def chance_note(block: pd.DataFrame) -> str:
+    """One line on which cells of a block are not significantly above chance."""
+    if "p_holm" not in block or block["p_holm"].isna().all():
+        return ""  # a table from before the p-values were added
+    weak = block[~(block["p_holm"] < SIGNIFICANCE)]
+    if weak.empty:
+        return f"\nEvery cell is above chance (Holm-adjusted p < {SIGNIFICANCE}).\n"
+    if len(weak) == len(block):
+        return f"\nNo cell is above chance (Holm-adjusted p >= {SIGNIFICANCE} in every cell).\n"
+    cells = ", ".join(
+        f"{SHORT_NAMES.get(r.test_method, r.test_method)} maps by the "
+        f"{SHORT_NAMES.get(r.train_method, r.train_method)} secondary"
+        for r in weak.itertuples()
+    )
+    return f"\nNot above chance (Holm-adjusted p >= {SIGNIFICANCE}): {cells}.\n"
 
 
 def combine_tables(
