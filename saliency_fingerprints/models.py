@@ -10,6 +10,9 @@ layers; the choices below are ours and documented here:
   average pooling and two linear layers: 1 + 8 + 2 = 11 weight layers.
 * ``miniresnet`` - "MiniResNet (11 layers)": ``minicnn`` plus a skip connection around every
   block (a 1x1 conv projection where the shape changes).
+* ``minicnn_bn`` - not in the paper: ``minicnn`` with batch normalisation after every conv, an
+  option for the *secondary* (a plain 11-layer net can stall at chance on hard inputs such as
+  pixel-shuffled maps; see the README).
 
 Every architecture takes ``(in_channels, image_size, num_classes)`` so that grayscale and colour
 images of any square size work. Every ReLU is its own non-inplace module (hook-based attribution
@@ -74,14 +77,23 @@ class SimpleCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-class ConvBlock(nn.Module):
-    """Two 3x3 convs with ReLUs; optionally a skip connection around them (MiniResNet)."""
+def _norm(channels: int, enabled: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if enabled else nn.Identity()
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, residual: bool) -> None:
+
+class ConvBlock(nn.Module):
+    """Two 3x3 convs with ReLUs; optionally a skip connection around them (MiniResNet) and
+    batch normalisation after each conv."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, residual: bool, norm: bool = False
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.norm1 = _norm(out_channels, norm)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = _norm(out_channels, norm)
         self.relu2 = nn.ReLU()
         self.residual = residual
         self.shortcut: nn.Module = nn.Identity()
@@ -89,7 +101,7 @@ class ConvBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(self.relu1(self.conv1(x)))
+        out = self.norm2(self.conv2(self.relu1(self.norm1(self.conv1(x)))))
         if self.residual:
             out = out + self.shortcut(x)
         return self.relu2(out)
@@ -100,16 +112,24 @@ class MiniNet(nn.Module):
 
     widths = (32, 64, 128, 128)
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, residual: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        residual: bool,
+        norm: bool = False,
+    ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_channels, self.widths[0], 3, padding=1)
+        self.stem_norm = _norm(self.widths[0], norm)
         self.stem_relu = nn.ReLU()
         blocks = []
         channels, size = self.widths[0], image_size
         for index, width in enumerate(self.widths):
             stride = 2 if index > 0 and size >= 4 else 1
             size = (size + stride - 1) // stride
-            blocks.append(ConvBlock(channels, width, stride, residual))
+            blocks.append(ConvBlock(channels, width, stride, residual, norm))
             channels = width
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -119,7 +139,7 @@ class MiniNet(nn.Module):
         glorot_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem_relu(self.stem(x)))
+        x = self.blocks(self.stem_relu(self.stem_norm(self.stem(x))))
         x = torch.flatten(self.pool(x), 1)
         return self.fc2(self.fc_relu(self.fc1(x)))
 
@@ -134,6 +154,12 @@ def minicnn(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
 def miniresnet(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     """The paper's MiniResNet: MiniCNN plus a skip connection around every block."""
     return MiniNet(in_channels, image_size, num_classes, residual=True)
+
+
+@register("minicnn_bn", min_image_size=4)
+def minicnn_bn(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """MiniCNN with batch normalisation after every conv (a secondary option, not the paper's)."""
+    return MiniNet(in_channels, image_size, num_classes, residual=False, norm=True)
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:

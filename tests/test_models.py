@@ -73,3 +73,24 @@ def test_unknown_architecture_and_too_small_images():
         build_model("cnn2", 1, 2, 10)
     with pytest.raises(ConfigError, match="at least 2 classes"):
         build_model("cnn2", 1, 8, 1)
+
+
+def test_minicnn_bn_is_minicnn_plus_batch_norm():
+    """Same conv and linear layers (so the same Glorot draws), plus one BatchNorm per conv; the
+    paper architectures have no normalisation at all."""
+    torch.manual_seed(0)
+    plain = build_model("minicnn", 3, 32, 10)
+    torch.manual_seed(0)
+    normed = build_model("minicnn_bn", 3, 32, 10)
+    norms = [m for m in normed.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    convs = [m for m in normed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(norms) == len(convs) == 9
+    for name in ("minicnn", "miniresnet", "cnn2"):
+        assert not any(
+            isinstance(m, torch.nn.BatchNorm2d) for m in build_model(name, 3, 32, 10).modules()
+        )
+    plain_state = plain.state_dict()
+    for key, value in normed.state_dict().items():
+        if key in plain_state:
+            assert torch.equal(value, plain_state[key]), key
+    assert set(plain_state) < set(normed.state_dict())
