@@ -125,13 +125,14 @@ def primary_name(architecture: str, seed: int) -> str:
     return f"{architecture}-seed{seed}"
 
 
+def primary_pairs(groups: Iterable[Mapping]) -> list[tuple[str, int]]:
+    """``[{architecture, seeds}, ...]`` as (architecture, seed) pairs, in the listed order."""
+    return [(group["architecture"], int(seed)) for group in groups for seed in group["seeds"]]
+
+
 def experiment_primaries(config: Mapping, experiment: str) -> list[tuple[str, int]]:
     """(architecture, seed) pairs of an experiment, in the order that defines their labels."""
-    return [
-        (group["architecture"], int(seed))
-        for group in config["experiments"][experiment]["primaries"]
-        for seed in group["seeds"]
-    ]
+    return primary_pairs(config["experiments"][experiment]["primaries"])
 
 
 def check_experiments(config: Mapping) -> None:
@@ -159,12 +160,7 @@ def check_experiments(config: Mapping) -> None:
 
 def sanity_primaries(config: Mapping) -> list[tuple[str, int]]:
     """(architecture, seed) pairs the sanity checks run on; empty without ``sanity_checks``."""
-    block = config.get("sanity_checks") or {}
-    return [
-        (group["architecture"], int(seed))
-        for group in block.get("primaries", [])
-        for seed in group["seeds"]
-    ]
+    return primary_pairs((config.get("sanity_checks") or {}).get("primaries", []))
 
 
 def check_sanity_checks(config: Mapping) -> None:

@@ -15,7 +15,7 @@ from .evaluate import as_matrix  # noqa: E402
 from .saliency import SHORT_NAMES, open_maps  # noqa: E402
 from .secondary import preprocess_maps  # noqa: E402
 from .shuffle import apply_variant  # noqa: E402
-from .store import atomic_output  # noqa: E402
+from .store import atomic_output, open_store  # noqa: E402
 
 
 def spread_sample(ids: np.ndarray, n: int) -> np.ndarray:
@@ -248,9 +248,7 @@ def plot_sanity_maps(
     """The kept test images' maps under every change: per image, the image, then one row per
     method; one column per stage (trained, each randomisation step, random labels, input
     shift). ``stores``: method -> the sanity-check map store of one primary."""
-    import xarray as xr
-
-    opened = {m: xr.open_zarr(p, consolidated=False) for m, p in stores.items()}
+    opened = {m: open_store(p) for m, p in stores.items()}
     first = next(iter(opened.values()))
     stages = list(first["stage"].values)
     samples = list(first["sample"].values)
