@@ -25,6 +25,7 @@ include: "rules/evaluate.smk"
 include: "rules/plots.smk"
 include: "rules/paper.smk"
 include: "rules/sanity.smk"
+include: "rules/diagnostics.smk"
 
 
 rule all:

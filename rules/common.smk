@@ -130,6 +130,8 @@ def final_outputs():
     outputs = [
         f"{RESULTS}/tables/cross_evaluation.csv",
         f"{RESULTS}/tables/cross_evaluation.md",
+        f"{RESULTS}/tables/map_diagnostics.csv",
+        f"{RESULTS}/tables/map_diagnostics.md",
     ]
     for experiment in config["experiments"]:
         outputs.append(f"{RESULTS}/figures/maps/{experiment}.png")

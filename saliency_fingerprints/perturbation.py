@@ -13,12 +13,15 @@ where ``up`` upsamples the ``mask_size x mask_size`` mask bilinearly to the imag
 ``score_c`` is the softmax probability (or the logit) of the target class. The mask starts at
 ``mask_init`` (1: nothing deleted), Adam updates it, and it is clipped to [0, 1] after every
 step. This follows the public PyTorch port the paper converted (jacobgil/pytorch-explainability):
-Adam, lr 0.1, 500 iterations, l1 0.01, TV 0.2 with beta 3, mask 8x smaller than the image,
-softmax score, noise on the perturbed input. Differences, all configurable: a Gaussian blur whose
-std is a fraction of the image side (``blur_sigma``; the port mixes a median blur and a Gaussian
-one at 224 px), noise in the model's input units (``noise_std``; the port's 0.2 is in ImageNet-
-normalised units, about 0.045 in [0, 1] pixel units), and optionally noise on the mask instead
-(``noise_on: mask``, a jitter some ports use).
+Adam, lr 0.1, 500 iterations, l1 0.01, TV 0.2 with beta 3, softmax score, noise on the perturbed
+input, and a 28 x 28 mask on 224-px images, 1/8 of the image side (``explain.py`` of
+jacobgil/pytorch-explain-black-box). Here the mask side is ``mask_size`` cells whatever the image
+size, not a fixed fraction of it: the presets' 8 on 32-px images is 1/4 of the side (each cell
+spans 4 x 4 pixels), and the default 8 on the 8-px digits is one cell per pixel. Differences,
+all configurable: a Gaussian blur whose std is a fraction of the image side (``blur_sigma``; the
+port mixes a median blur and a Gaussian one at 224 px), noise in the model's input units
+(``noise_std``; the port's 0.2 is in ImageNet-normalised units, about 0.045 in [0, 1] pixel
+units), and optionally noise on the mask instead (``noise_on: mask``, a jitter some ports use).
 
 Batching: the loss is a sum of per-image terms and Adam's update is element-wise, so each mask's
 trajectory depends only on its own image. ``pass_size`` images are optimised together (one
@@ -28,7 +31,20 @@ comes from a generator keyed by ``(seed, sample_id)``, so a map does not depend 
 What a map stores: ``1 - up(m)`` - the deleted region, large where the evidence was - repeated
 over the image's channels, so the map has the image's shape ``(N, C, H, W)`` like every other
 method's. The secondary's ``abs_sum`` preprocessing then sees ``C * (1 - up(m))``, which its
-per-map scaling turns back into ``1 - up(m)`` (up to the percentile clip).
+per-map scaling turns back into ``1 - up(m)`` (up to the percentile clip) - and stretches to
+[0, 1] however little was deleted, so a map whose mask barely moved from ``mask_init`` looks as
+strong as one that deleted a region.
+
+What a map store records beside the maps, per map (``sample``), so that a reader can tell
+structure from extent:
+
+* ``mp_score``: the quantity the optimisation minimises, the target class's score
+  (``score``: softmax probability or logit) on the image perturbed by the final mask, without
+  noise. Still high: the mask did not delete the evidence (e.g. a confident model).
+* ``mask_area``: the fraction of the image deleted, the mean over pixels of ``1 - up(m)`` in
+  [0, 1]. Near 0: the map is nearly empty before the per-map scaling.
+
+:mod:`saliency_fingerprints.diagnostics` summarises both per store.
 """
 
 from __future__ import annotations
@@ -93,6 +109,12 @@ class MeaningfulPerturbation(SaliencyMethod):
     """Fong & Vedaldi (2017): the smallest smooth blur-deletion that destroys the target score."""
 
     name = "meaningful_perturbation"
+    map_variables = {
+        "mp_score": "target score (methods.meaningful_perturbation.score: softmax probability or "
+        "logit) on the image perturbed by the final mask, without noise: what the optimisation "
+        "minimised",
+        "mask_area": "fraction of the image deleted: mean over pixels of 1 - up(mask), in [0, 1]",
+    }
 
     def __init__(
         self,
@@ -280,6 +302,17 @@ class MeaningfulPerturbation(SaliencyMethod):
             deleted = 1 - self.upsample(masks, images.shape[-1])
             maps[start:stop] = deleted.expand(-1, images.shape[1], -1, -1)
         return maps
+
+    def map_variable_values(self, images, targets, maps):
+        """``mp_score`` and ``mask_area`` of maps from :meth:`attribute`.
+
+        A map is ``1 - up(m)``, so the perturbed image ``x * up(m) + blur(x) * (1 - up(m))`` is
+        rebuilt from it (equal to the optimiser's last noise-free input up to float rounding);
+        one forward pass per map, no gradients."""
+        deleted = maps[:, :1]
+        perturbed = images * (1 - deleted) + self.blurred(images) * deleted
+        scores = self._target_outputs(perturbed, targets, softmax=self.score == "softmax")
+        return {"mp_score": scores, "mask_area": deleted.flatten(1).mean(1)}
 
 
 METHODS[MeaningfulPerturbation.name] = MeaningfulPerturbation

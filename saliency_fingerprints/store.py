@@ -116,11 +116,15 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike, chunks: dict | None =
 class ChunkedMapWriter:
     """Stream a ``(sample, channel, y, x)`` array into a Zarr store, one whole chunk at a time.
 
-    ``coords`` are small per-sample or scalar coordinates written up front; ``fingerprint``
-    identifies the job's inputs and parameters: a ``.partial`` store with the same fingerprint is
-    resumed, any other is discarded. Use as a context manager; ``write_chunk`` queues a write on
-    one of ``writers`` background threads (default: up to 4; chunks are separate files, so
-    writes of different chunks overlap), ``done_chunks`` says what a resumed store already has.
+    ``coords`` are small per-sample or scalar coordinates written up front; ``data_vars`` are
+    small per-sample data variables (xarray ``(dims, values, attrs)`` tuples, e.g. a method's
+    per-map diagnostics) written up front as placeholders (NaN) and filled chunk by chunk through
+    ``extras`` like the coordinates, so a chunk is marked done only once they are on disk too.
+    ``fingerprint`` identifies the job's inputs and parameters: a ``.partial`` store with the
+    same fingerprint (and every variable of ``data_vars``) is resumed, any other is discarded.
+    Use as a context manager; ``write_chunk`` queues a write on one of ``writers`` background
+    threads (default: up to 4; chunks are separate files, so writes of different chunks
+    overlap), ``done_chunks`` says what a resumed store already has.
 
     Throughput (BENCHMARKS.md): the maps' chunks are written uncompressed, whole chunks of a
     local store straight to their files (:meth:`_direct_root`); the per-sample coordinates of
@@ -144,6 +148,7 @@ class ChunkedMapWriter:
         dtype: str = "float32",
         name: str = "maps",
         writers: int | None = None,
+        data_vars: dict | None = None,
     ) -> None:
         self.final = Path(path)
         self.partial = self.final.with_name(self.final.name + ".partial")
@@ -156,7 +161,7 @@ class ChunkedMapWriter:
         self._coord_arrays: dict[str, zarr.Array] = {}
         self._unflushed: dict[int, dict[str, np.ndarray]] = {}  # written, not yet marked done
         self._last_flush = time.monotonic()
-        self._open(coords, attrs, dtype)
+        self._open(coords, attrs, dtype, data_vars or {})
         self._done: set[int] = set(self.group.attrs.get("done_chunks", []))
         if writers is None:
             writers = min(4, os.cpu_count() or 1)
@@ -165,18 +170,21 @@ class ChunkedMapWriter:
         self._dtype = np.dtype(self.array.dtype).newbyteorder("<")
         self._pool = ThreadPoolExecutor(max_workers=self._writers)
 
-    def _open(self, coords: dict, attrs: dict, dtype: str) -> None:
+    def _open(self, coords: dict, attrs: dict, dtype: str, data_vars: dict) -> None:
         if self.partial.exists():
             try:
                 group = zarr.open_group(self.partial, mode="r+", zarr_format=3)
-                if group.attrs.get("fingerprint") == self.fingerprint and self.name in group:
+                names = (self.name, *data_vars)
+                if group.attrs.get("fingerprint") == self.fingerprint and all(
+                    name in group for name in names
+                ):
                     self.group, self.array = group, group[self.name]
                     return
             except Exception:  # unreadable leftovers are simply discarded
                 pass
             remove_path(self.partial)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        skeleton = xr.Dataset(coords=coords, attrs=attrs)
+        skeleton = xr.Dataset(data_vars=data_vars, coords=coords, attrs=attrs)
         skeleton.to_zarr(self.partial, mode="w", consolidated=False, zarr_format=3)
         self.group = zarr.open_group(self.partial, mode="r+", zarr_format=3)
         self.array = self.group.create_array(
@@ -199,7 +207,8 @@ class ChunkedMapWriter:
             return set(self._done)
 
     def _coordinate(self, name: str) -> zarr.Array:
-        """A per-sample coordinate array, opened once (opening reads its metadata from disk)."""
+        """A per-sample coordinate or data variable array, opened once (opening reads its
+        metadata from disk)."""
         if name not in self._coord_arrays:
             self._coord_arrays[name] = self.group[name]
         return self._coord_arrays[name]
@@ -276,8 +285,8 @@ class ChunkedMapWriter:
     def write_chunk(
         self, index: int, values: np.ndarray, extras: dict[str, np.ndarray] | None = None
     ) -> None:
-        """Queue chunk ``index`` (and slices of per-sample coordinates in ``extras``) for
-        writing; at most ``writers`` writes run while the next chunk computes."""
+        """Queue chunk ``index`` (and slices of per-sample coordinates and data variables in
+        ``extras``) for writing; at most ``writers`` writes run while the next chunk computes."""
         self._drain(keep=self._writers - 1)
         job = self._pool.submit(self._write, index, np.ascontiguousarray(values), extras or {})
         self._pending.append(job)

@@ -42,6 +42,7 @@ def test_valid_config_plans_the_whole_dag(tmp_path):
         "combine_tables": 1,
         "plot_heatmap": 2,
         "plot_map_grid": 1,
+        "map_diagnostics": 1,
         "train_random_label_primary": 1,
         "sanity_check": 3,
         "combine_sanity_tables": 1,

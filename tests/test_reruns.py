@@ -115,6 +115,7 @@ EVERYTHING_AFTER_PRIMARIES = {
     "combine_tables": 1,
     "plot_heatmap": 3,
     "plot_map_grid": 2,
+    "map_diagnostics": 1,
     "all": 1,
 }
 
@@ -133,6 +134,7 @@ EDITS = {
             "combine_tables": 1,
             "plot_heatmap": 2,
             "plot_map_grid": 1,
+            "map_diagnostics": 1,
             "sanity_check": 1,  # SmoothGrad's sanity check of cnn2-seed0, not Grad's or IG's
             **SANITY_SUMMARY,
             "all": 1,
@@ -148,6 +150,7 @@ EDITS = {
             "combine_tables": 1,
             "plot_heatmap": 2,
             "plot_map_grid": 1,
+            "map_diagnostics": 1,
             "all": 1,
         },
     ),

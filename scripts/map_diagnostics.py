@@ -1,0 +1,11 @@
+"""Rule map_diagnostics: every map store -> one diagnostics row each, as a CSV and markdown."""
+
+import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
+
+from saliency_fingerprints.diagnostics import write_diagnostics
+from saliency_fingerprints.jobs import run_job
+
+run_job(
+    snakemake,  # noqa: F821
+    lambda job: write_diagnostics(list(job.input.maps), job.output.csv, job.output.markdown),
+)
