@@ -16,6 +16,8 @@ from saliency_fingerprints.configuration import (
     check_schema,
     deep_merge,
     experiment_primaries as _experiment_primaries,
+    experiment_replicates,
+    experiment_target,
     local_source,
     primary_name,
     sanity_primaries,
@@ -50,6 +52,7 @@ wildcard_constraints:
     method="[a-z_]+",
     variant="original|shuffled_per_map|shuffled_fixed",
     experiment="[A-Za-z0-9_-]+",
+    target="predicted|true",
 
 
 def local_dataset_input(wildcards):
@@ -58,13 +61,25 @@ def local_dataset_input(wildcards):
     return local_source(config["dataset"])
 
 
-def experiment_primaries(experiment):
-    """(architecture, seed) pairs of an experiment, in the order that defines their labels."""
-    return _experiment_primaries(config, experiment)
+def experiment_primaries(experiment, replicate=0):
+    """(architecture, seed) pairs of an experiment's replicate, in the order that defines their
+    labels (replicates differ only with replicates.disjoint_primaries)."""
+    return _experiment_primaries(config, experiment, int(replicate))
 
 
-def primary_names(experiment):
-    return [primary_name(a, s) for a, s in experiment_primaries(experiment)]
+def primary_names(experiment, replicate=0):
+    return [primary_name(a, s) for a, s in experiment_primaries(experiment, replicate)]
+
+
+def all_primaries(experiment):
+    """(architecture, seed) pairs of every replicate of an experiment, each once."""
+    return list(
+        dict.fromkeys(
+            pair
+            for r in experiment_replicates(config, experiment)
+            for pair in experiment_primaries(experiment, r)
+        )
+    )
 
 
 def experiment_methods(experiment):
@@ -82,11 +97,26 @@ def secondary_config(experiment):
 
 def secondary_params(experiment, variants):
     """``secondary_config`` less what cannot change results of ``variants``: ``shuffle_seed``
-    only shapes the pixel-shuffled variants, so editing it reruns nothing built on originals."""
+    only shapes the pixel-shuffled variants, so editing it reruns nothing built on originals.
+    ``seed`` is the first replicate's; replicate r uses ``seed`` + r (``replicate_params``)."""
     cfg = secondary_config(experiment)
     if all(v == "original" for v in variants):
         cfg.pop("shuffle_seed", None)
     return cfg
+
+
+def replicate_params(experiment):
+    """Every replicate of an experiment: its index, secondary seed and primaries."""
+    base = int(secondary_config(experiment)["seed"])
+    return [
+        {"replicate": r, "seed": base + r, "primaries": primary_names(experiment, r)}
+        for r in experiment_replicates(config, experiment)
+    ]
+
+
+def saliency_params(target):
+    """The saliency block as a map store of ``target`` sees it."""
+    return {**config["saliency"], "target": target}
 
 
 def map_grid_params(experiment):
@@ -112,24 +142,57 @@ def method_params(method):
 
 # -- paths --------------------------------------------------------------------------------------
 PRIMARY = f"{RESULTS}/primaries/{{architecture}}-seed{{seed}}"
-MAPS = f"{RESULTS}/saliency/{{method}}/{{architecture}}-seed{{seed}}.zarr"
+MAPS = f"{RESULTS}/saliency/{{target}}/{{method}}/{{architecture}}-seed{{seed}}.zarr"
 SECONDARY = f"{RESULTS}/experiments/{{experiment}}/secondaries/{{method}}/{{variant}}"
 CROSS_EVAL = f"{RESULTS}/experiments/{{experiment}}/cross_evaluation/{{variant}}.csv"
 
 
-def maps_of(experiment, methods):
-    """Map stores of every (method, primary) of an experiment, method-major."""
+def maps_of(experiment, methods, replicate=0):
+    """Map stores of every (method, primary) of an experiment's replicate, method-major."""
+    target = experiment_target(config, experiment)
     return [
-        MAPS.format(method=m, architecture=a, seed=s)
+        MAPS.format(target=target, method=m, architecture=a, seed=s)
         for m in methods
-        for a, s in experiment_primaries(experiment)
+        for a, s in experiment_primaries(experiment, replicate)
     ]
+
+
+def all_maps_of(experiment, methods):
+    """Map stores of every replicate of an experiment, each once."""
+    return list(
+        dict.fromkeys(
+            store
+            for r in experiment_replicates(config, experiment)
+            for store in maps_of(experiment, methods, r)
+        )
+    )
+
+
+def secondaries_of(experiment, variant):
+    """Weights of every method's secondary of an experiment's variant (each file holds every
+    replicate)."""
+    return [
+        f"{SECONDARY}/model.safetensors".format(experiment=experiment, method=m, variant=variant)
+        for m in experiment_methods(experiment)
+    ]
+
+
+def primary_metrics():
+    """metrics.json of every primary of every experiment's replicates, each once."""
+    return list(
+        dict.fromkeys(
+            f"{PRIMARY}/metrics.json".format(architecture=a, seed=s)
+            for e in config["experiments"]
+            for a, s in all_primaries(e)
+        )
+    )
 
 
 def final_outputs():
     outputs = [
         f"{RESULTS}/tables/cross_evaluation.csv",
         f"{RESULTS}/tables/cross_evaluation.md",
+        f"{RESULTS}/tables/cross_evaluation_replicates.csv",
         f"{RESULTS}/tables/map_diagnostics.csv",
         f"{RESULTS}/tables/map_diagnostics.md",
     ]

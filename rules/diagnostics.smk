@@ -9,7 +9,7 @@ rule map_diagnostics:
             dict.fromkeys(
                 store
                 for experiment in config["experiments"]
-                for store in maps_of(experiment, experiment_methods(experiment))
+                for store in all_maps_of(experiment, experiment_methods(experiment))
             )
         ),
     output:

@@ -1,17 +1,13 @@
 rule cross_evaluate:
     input:
-        secondaries=lambda wc: expand(
-            f"{SECONDARY}/model.safetensors",
-            experiment=wc.experiment,
-            method=experiment_methods(wc.experiment),
-            variant=wc.variant,
-        ),
-        maps=lambda wc: maps_of(wc.experiment, experiment_methods(wc.experiment)),
+        secondaries=lambda wc: secondaries_of(wc.experiment, wc.variant),
+        maps=lambda wc: all_maps_of(wc.experiment, experiment_methods(wc.experiment)),
     output:
         table=CROSS_EVAL,
     params:
         methods=lambda wc: experiment_methods(wc.experiment),
-        primaries=lambda wc: primary_names(wc.experiment),
+        replicates=lambda wc: replicate_params(wc.experiment),
+        target=lambda wc: experiment_target(config, wc.experiment),
         secondary=lambda wc: secondary_params(wc.experiment, [wc.variant]),
     log:
         f"{LOGS}/cross_evaluate/{{experiment}}/{{variant}}.log",
@@ -28,11 +24,12 @@ rule cross_evaluate:
 
 rule combine_tables:
     input:
-        [
+        parts=[
             CROSS_EVAL.format(experiment=e, variant=v)
             for e in config["experiments"]
             for v in experiment_variants(e)
         ],
+        primaries=primary_metrics(),
     output:
         csv=report(
             f"{RESULTS}/tables/cross_evaluation.csv",
@@ -40,6 +37,7 @@ rule combine_tables:
             caption="../report/cross_evaluation.rst",
         ),
         markdown=f"{RESULTS}/tables/cross_evaluation.md",
+        replicates=f"{RESULTS}/tables/cross_evaluation_replicates.csv",
     log:
         f"{LOGS}/combine_tables.log",
     threads: 1

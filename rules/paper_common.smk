@@ -49,7 +49,12 @@ def panel(experiment, methods, variants, title):
     return {
         "title": title,
         "stores": {
-            m: {primary_name(a, s): MAPS.format(method=m, architecture=a, seed=s) for a, s in pairs}
+            m: {
+                primary_name(a, s): MAPS.format(
+                    target=experiment_target(config, experiment), method=m, architecture=a, seed=s
+                )
+                for a, s in pairs
+            }
             for m in methods
         },
         "variants": variants,

@@ -6,10 +6,10 @@ rule compute_saliency:
         store=directory(MAPS),
     params:
         method=lambda wc: method_params(wc.method),
-        saliency=config["saliency"],
+        saliency=lambda wc: saliency_params(wc.target),
         primary=lambda wc: primary_name(wc.architecture, wc.seed),
     log:
-        f"{LOGS}/compute_saliency/{{method}}/{{architecture}}-seed{{seed}}.log",
+        f"{LOGS}/compute_saliency/{{target}}/{{method}}/{{architecture}}-seed{{seed}}.log",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,

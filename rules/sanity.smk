@@ -11,8 +11,9 @@ rule train_random_label_primary:
         weights=f"{RANDOM_LABEL_PRIMARY}/model.safetensors",
         metrics=f"{RANDOM_LABEL_PRIMARY}/metrics.json",
     params:
-        training=lambda wc: random_label_training(),
+        training=lambda wc: random_label_training(wc.architecture),
         label_seed=lambda wc: sanity_settings()["random_labels"]["seed"],
+        target_train_accuracy=lambda wc: random_label_target(),
     log:
         f"{LOGS}/train_random_label_primary/{{architecture}}-seed{{seed}}.log",
     threads: 1
@@ -52,11 +53,12 @@ rule sanity_check:
 
 rule combine_sanity_tables:
     input:
-        lambda wc: [
+        tables=lambda wc: [
             SANITY_TABLE.format(method=m, architecture=a, seed=s)
             for m in sanity_settings()["methods"]
             for a, s in sanity_primaries(config)
         ],
+        random_labels=lambda wc: random_label_metrics(),
     output:
         csv=report(
             f"{RESULTS}/tables/sanity_checks.csv",

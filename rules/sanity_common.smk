@@ -14,10 +14,28 @@ def random_labels_enabled():
     return sanity_settings().get("random_labels", {}).get("enabled", True)
 
 
-def random_label_training():
-    """``primary_training`` with the random-label epochs, when set."""
+def random_label_training(architecture):
+    """``primary_training`` with the epoch cap of ``architecture``'s random-label copy, where
+    set (``random_labels.epochs``: one for all, or per architecture; null: the primary's)."""
     epochs = sanity_settings()["random_labels"].get("epochs")
+    if isinstance(epochs, dict):
+        epochs = epochs.get(architecture)
     return deep_merge(config["primary_training"], {} if epochs is None else {"epochs": epochs})
+
+
+def random_label_target():
+    """The train accuracy at which a random-label copy stops (null: it runs every epoch)."""
+    return sanity_settings()["random_labels"].get("target_train_accuracy")
+
+
+def random_label_metrics():
+    """The random-label copies' metrics, which the summary table reports beside their rows."""
+    if not random_labels_enabled():
+        return []
+    return [
+        f"{RANDOM_LABEL_PRIMARY}/metrics.json".format(architecture=a, seed=s)
+        for a, s in sanity_primaries(config)
+    ]
 
 
 def sanity_params():

@@ -1,11 +1,12 @@
 rule train_secondary:
     input:
-        maps=lambda wc: maps_of(wc.experiment, [wc.method]),
+        maps=lambda wc: all_maps_of(wc.experiment, [wc.method]),
     output:
         weights=f"{SECONDARY}/model.safetensors",
         metrics=f"{SECONDARY}/metrics.json",
     params:
-        primaries=lambda wc: primary_names(wc.experiment),
+        replicates=lambda wc: replicate_params(wc.experiment),
+        target=lambda wc: experiment_target(config, wc.experiment),
         secondary=lambda wc: secondary_params(wc.experiment, [wc.variant]),
     log:
         f"{LOGS}/train_secondary/{{experiment}}/{{method}}/{{variant}}.log",

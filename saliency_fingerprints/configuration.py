@@ -130,9 +130,46 @@ def primary_pairs(groups: Iterable[Mapping]) -> list[tuple[str, int]]:
     return [(group["architecture"], int(seed)) for group in groups for seed in group["seeds"]]
 
 
-def experiment_primaries(config: Mapping, experiment: str) -> list[tuple[str, int]]:
-    """(architecture, seed) pairs of an experiment, in the order that defines their labels."""
-    return primary_pairs(config["experiments"][experiment]["primaries"])
+def replicate_settings(config: Mapping, experiment: str) -> dict:
+    """The experiment's ``replicates`` block over the global one (both filled by the schema)."""
+    return deep_merge(
+        config.get("replicates") or {}, config["experiments"][experiment].get("replicates") or {}
+    )
+
+
+def primary_set_stride(pairs: list[tuple[str, int]]) -> int:
+    """How far disjoint primary sets are apart in seed: the widest seed range of one
+    architecture in the experiment (seeds [0, 1] -> 2: sets {0, 1}, {2, 3}, {4, 5}; one seed per
+    architecture -> 1)."""
+    spans = {}
+    for architecture, seed in pairs:
+        low, high = spans.get(architecture, (seed, seed))
+        spans[architecture] = (min(low, seed), max(high, seed))
+    return max(high - low + 1 for low, high in spans.values())
+
+
+def experiment_primaries(
+    config: Mapping, experiment: str, replicate: int = 0
+) -> list[tuple[str, int]]:
+    """(architecture, seed) pairs of an experiment's replicate, in the order that defines their
+    labels. Without ``replicates.disjoint_primaries`` every replicate has the listed primaries;
+    with it, replicate r has them with every seed moved up by r x :func:`primary_set_stride`, so
+    the sets of different replicates share no primary."""
+    pairs = primary_pairs(config["experiments"][experiment]["primaries"])
+    if replicate and replicate_settings(config, experiment).get("disjoint_primaries"):
+        shift = replicate * primary_set_stride(pairs)
+        pairs = [(architecture, seed + shift) for architecture, seed in pairs]
+    return pairs
+
+
+def experiment_replicates(config: Mapping, experiment: str) -> list[int]:
+    """Replicate indices of an experiment: 0 .. replicates.n - 1."""
+    return list(range(int(replicate_settings(config, experiment).get("n", 1))))
+
+
+def experiment_target(config: Mapping, experiment: str) -> str:
+    """The class an experiment's maps explain: its own ``target``, else ``saliency.target``."""
+    return config["experiments"][experiment].get("target") or config["saliency"]["target"]
 
 
 def check_experiments(config: Mapping) -> None:

@@ -1,4 +1,5 @@
-"""Cross-evaluation: every secondary of an experiment on every method's test maps."""
+"""Cross-evaluation: every secondary of an experiment on every method's test maps, per replicate,
+with the class-cue control, and the summary over replicates that the tables report."""
 
 from __future__ import annotations
 
@@ -12,21 +13,47 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest
 
+from .classcue import class_cue_predict, fit_class_cue, same_class_images
 from .provenance import Provenance, as_attr
+from .replicates import mcnemar_variance, paired_difference, replicate_interval
 from .runtime import describe_device, set_determinism
-from .saliency import SHORT_NAMES
+from .saliency import SHORT_NAMES, open_maps
 from .secondary import load_mapset, split_ids, to_tensors
 from .store import atomic_output
-from .training import accuracy, load_model
+from .training import load_model, predict
 
 log = logging.getLogger(__name__)
 
+# One row per (replicate, train method, test method): tables/cross_evaluation_replicates.csv
+REPLICATE_COLUMNS = [
+    "experiment",
+    "variant",
+    "replicate",
+    "seed",
+    "primaries",
+    "train_method",
+    "test_method",
+    "accuracy",
+    "n_test",
+    "chance",
+    "n_primaries",
+    "class_cue",
+    "only_secondary",
+    "only_cue",
+    "same_class_accuracy",
+    "n_same_class",
+    "same_class_fraction",
+    "p_value",
+]
+# One row per cell, over its replicates: tables/cross_evaluation.csv
 COLUMNS = [
     "experiment",
     "variant",
     "train_method",
     "test_method",
+    "n_replicates",
     "accuracy",
+    "accuracy_sd",
     "ci_low",
     "ci_high",
     "chance",
@@ -34,6 +61,19 @@ COLUMNS = [
     "n_primaries",
     "p_value",
     "p_holm",
+    "above_chance",
+    "class_cue",
+    "class_cue_sd",
+    "vs_cue",
+    "vs_cue_low",
+    "vs_cue_high",
+    "p_vs_cue",
+    "p_holm_vs_cue",
+    "above_cue",
+    "same_class_accuracy",
+    "same_class_sd",
+    "n_same_class",
+    "same_class_fraction",
 ]
 SIGNIFICANCE = 0.05
 
@@ -69,67 +109,167 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def load_targets(
+    paths: list[str | Path], primaries: list[str], ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The explained class and the primary index of every map of ``ids`` (no map is read)."""
+    targets, labels = [], []
+    for index, path in enumerate(paths):
+        ds = open_maps(path)
+        keep = np.isin(ds["sample"].values, ids)
+        targets.append(ds["target"].values[keep].astype(np.int64))
+        labels.append(np.full(int(keep.sum()), index, dtype=np.int64))
+    return np.concatenate(targets), np.concatenate(labels)
+
+
 def cross_evaluate(
+    *,
     experiment: str,
     variant: str,
-    primaries: list[str],
-    secondaries: dict[str, str | Path],
-    maps: dict[str, list[str | Path]],
+    replicates: list[dict],
     cfg: dict,
     out_csv: str | Path,
     device: torch.device,
     threads: int | None = None,
 ) -> pd.DataFrame:
-    """``secondaries``: train method -> weights; ``maps``: test method -> store per primary."""
+    """Score every replicate's secondaries on the test maps of every method, once.
+
+    ``replicates``: one dict per replicate with ``replicate`` (index), ``seed``, ``primaries``
+    (names in label order), ``secondaries`` (train method -> the weights file that holds every
+    replicate, see :func:`.secondary.train_secondary`) and ``maps`` (test method -> one store
+    per primary). Beside each accuracy: the class-cue baseline on the same maps
+    (:mod:`.classcue`, fitted on the secondary's training images) with the discordant counts of
+    the paired comparison, and the accuracy on the maps of images that every primary explains
+    as the same class. Writes one row per (replicate, train method, test method).
+    """
     prov = Provenance(
         "cross_evaluate",
-        {"experiment": experiment, "variant": variant, "primaries": primaries, **cfg},
+        {
+            "experiment": experiment,
+            "variant": variant,
+            "replicates": [
+                {k: r[k] for k in ("replicate", "seed", "primaries")} for r in replicates
+            ],
+            **cfg,
+        },
         describe_device(device),
     )
     set_determinism(int(cfg["seed"]), threads)
     rows = []
-    test_sets = {}
-    for test_method, paths in maps.items():
-        _, test_ids = split_ids(paths, cfg)
-        test_sets[test_method] = to_tensors(
-            load_mapset(paths, primaries, test_ids, cfg, variant), device
-        )
-    for train_method, weights in secondaries.items():
-        model = load_model(weights, device)
-        for test_method, (x, y) in test_sets.items():
-            acc = accuracy(model, x, y)
-            n = len(y)
-            low, high = wilson_interval(round(acc * n), n)
-            rows.append(
-                {
-                    "experiment": experiment,
-                    "variant": variant,
-                    "train_method": train_method,
-                    "test_method": test_method,
-                    "accuracy": acc,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "chance": 1.0 / len(primaries),
-                    "n_test": n,
-                    "n_primaries": len(primaries),
-                    "p_value": p_above_chance(round(acc * n), n, 1.0 / len(primaries)),
-                }
+    for rep in replicates:
+        primaries = rep["primaries"]
+        chance = 1.0 / len(primaries)
+        scored = {}
+        for test_method, paths in rep["maps"].items():
+            train_ids, test_ids = split_ids(paths, cfg)
+            test = load_mapset(paths, primaries, test_ids, cfg, variant)
+            train_targets, train_labels = load_targets(paths, primaries, train_ids)
+            cue = class_cue_predict(
+                fit_class_cue(train_targets, train_labels, len(primaries)), test.target
             )
-            log.info(
-                "%s/%s: trained on %s, tested on %s: accuracy %.4f (n=%d)",
-                experiment,
-                variant,
-                train_method,
-                test_method,
-                acc,
-                n,
-            )
-    # one family per (experiment, variant): every cell of this table
-    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
-        row["p_holm"] = adjusted
-    table = pd.DataFrame(rows, columns=COLUMNS)
+            same = same_class_images(test.sample, test.target, test.y)
+            scored[test_method] = (to_tensors(test, device), cue == test.y, same)
+        for train_method, weights in rep["secondaries"].items():
+            model = load_model(weights, device, f"rep{rep['replicate']}")
+            for test_method, ((x, y), cue_right, same) in scored.items():
+                right = (predict(model, x) == y).cpu().numpy()
+                n = len(right)
+                rows.append(
+                    {
+                        "experiment": experiment,
+                        "variant": variant,
+                        "replicate": rep["replicate"],
+                        "seed": rep["seed"],
+                        "primaries": ",".join(primaries),
+                        "train_method": train_method,
+                        "test_method": test_method,
+                        "accuracy": float(right.mean()),
+                        "n_test": n,
+                        "chance": chance,
+                        "n_primaries": len(primaries),
+                        "class_cue": float(cue_right.mean()),
+                        "only_secondary": int((right & ~cue_right).sum()),
+                        "only_cue": int((~right & cue_right).sum()),
+                        "same_class_accuracy": float(right[same].mean())
+                        if same.any()
+                        else float("nan"),
+                        "n_same_class": int(same.sum()),
+                        "same_class_fraction": float(same.mean()),
+                        "p_value": p_above_chance(int(right.sum()), n, chance),
+                    }
+                )
+                log.info(
+                    "%s/%s rep%d: trained on %s, tested on %s: accuracy %.4f (n=%d), class cue "
+                    "%.4f, same-class images %.4f (n=%d)",
+                    experiment,
+                    variant,
+                    rep["replicate"],
+                    train_method,
+                    test_method,
+                    rows[-1]["accuracy"],
+                    n,
+                    rows[-1]["class_cue"],
+                    rows[-1]["same_class_accuracy"],
+                    rows[-1]["n_same_class"],
+                )
+    table = pd.DataFrame(rows, columns=REPLICATE_COLUMNS)
     write_table(table, out_csv, prov.finish())
     return table
+
+
+def summarise(replicates: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell (experiment, variant, train method, test method) over its replicates:
+    mean, spread and the replicate-and-test-sample interval (:mod:`.replicates`) of the
+    accuracy and of its difference from the class cue, one-sided tests against chance and the
+    cue (Holm-adjusted over the cells of each (experiment, variant) block), and the accuracy
+    on same-class images."""
+    keys = ["experiment", "variant", "train_method", "test_method"]
+    rows = []
+    for cell, group in replicates.groupby(keys, sort=False):
+        chance = float(group["chance"].iloc[0])
+        acc = replicate_interval(group["accuracy"], group["n_test"])
+        diff = paired_difference(
+            group["accuracy"] - group["class_cue"],
+            [
+                mcnemar_variance(int(a), int(b), int(n))
+                for a, b, n in zip(
+                    group["only_secondary"], group["only_cue"], group["n_test"], strict=True
+                )
+            ],
+        )
+        same = group["same_class_accuracy"].dropna()
+        rows.append(
+            {
+                **dict(zip(keys, cell, strict=True)),
+                "n_replicates": acc.n_replicates,
+                "accuracy": acc.mean,
+                "accuracy_sd": acc.sd,
+                "ci_low": acc.low,
+                "ci_high": acc.high,
+                "chance": chance,
+                "n_test": int(round(group["n_test"].mean())),
+                "n_primaries": int(group["n_primaries"].iloc[0]),
+                "p_value": acc.p_above(chance),
+                "class_cue": float(group["class_cue"].mean()),
+                "class_cue_sd": float(group["class_cue"].std(ddof=1)) if len(group) > 1 else 0.0,
+                "vs_cue": diff.mean,
+                "vs_cue_low": diff.low,
+                "vs_cue_high": diff.high,
+                "p_vs_cue": diff.p_above(0.0),
+                "same_class_accuracy": float(same.mean()) if len(same) else float("nan"),
+                "same_class_sd": float(same.std(ddof=1)) if len(same) > 1 else float("nan"),
+                "n_same_class": int(round(group["n_same_class"].mean())),
+                "same_class_fraction": float(group["same_class_fraction"].mean()),
+            }
+        )
+    table = pd.DataFrame(rows)
+    for column, adjusted in (("p_value", "p_holm"), ("p_vs_cue", "p_holm_vs_cue")):
+        table[adjusted] = np.nan
+        for _, block in table.groupby(["experiment", "variant"], sort=False):
+            table.loc[block.index, adjusted] = holm(block[column].fillna(1.0).tolist())
+    table["above_chance"] = table["p_holm"] < SIGNIFICANCE
+    table["above_cue"] = table["p_holm_vs_cue"] < SIGNIFICANCE
+    return table.reindex(columns=COLUMNS)
 
 
 def write_table(table: pd.DataFrame, out_csv: str | Path, provenance: dict | None = None) -> None:
@@ -158,55 +298,167 @@ def as_matrix(table: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
     return matrix
 
 
-def markdown_report(table: pd.DataFrame) -> str:
-    """One Table-1-style block per (experiment, variant)."""
+def _cell(mean: float, sd: float, n_replicates: int) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {sd:.3f}" if n_replicates > 1 else f"{mean:.3f}"
+
+
+def _matrix_text(block: pd.DataFrame, text) -> pd.DataFrame:
+    cells = block.assign(_text=[text(r) for r in block.itertuples()])
+    matrix = as_matrix(cells, "_text")
+    matrix.index.name = "test on \\ trained on"
+    return matrix
+
+
+def _primaries_line(block_replicates: pd.DataFrame, primary_accuracy: dict[str, float]) -> str:
+    names = list(dict.fromkeys(n for ps in block_replicates["primaries"] for n in ps.split(",")))
+    known = [primary_accuracy[n] for n in names if n in primary_accuracy]
+    if not known:
+        return ""
+    return (
+        f"Primaries ({len(names)} in all): test accuracy {min(known):.2f}-{max(known):.2f} "
+        f"(mean {np.mean(known):.2f}) on the dataset's test split. A fingerprint table says "
+        "which of *these* networks made a map, not how good they are.\n\n"
+    )
+
+
+def _replicates_line(block_replicates: pd.DataFrame) -> str:
+    reps = block_replicates.drop_duplicates("replicate").sort_values("replicate")
+    seeds = ", ".join(str(s) for s in reps["seed"])
+    sets = reps["primaries"].unique()
+    primaries = (
+        "one primary set"
+        if len(sets) == 1
+        else f"{len(sets)} disjoint primary sets ({' | '.join(sets)})"
+    )
+    return f"{len(reps)} replicate(s): secondary seeds {seeds}; {primaries}"
+
+
+def markdown_report(
+    table: pd.DataFrame,
+    replicates: pd.DataFrame | None = None,
+    primary_accuracy: dict[str, float] | None = None,
+) -> str:
+    """One Table-1-style block per (experiment, variant): accuracy over replicates, its
+    difference from the class cue, the accuracy on same-class images, and what fails."""
+    primary_accuracy = primary_accuracy or {}
     parts = [
-        "# Cross-evaluation\n",
-        "Secondary test accuracy. Rows: the method whose test maps were classified; "
-        "columns: the method the secondary was trained on. The 95% Wilson interval, "
-        "n_test and the p-value of an exact one-sided binomial test against chance (raw and "
-        "Holm-adjusted over the block's cells) for every cell are in `cross_evaluation.csv`.\n",
+        "# Cross-evaluation\n\n",
+        "Secondary test accuracy: rows, the method whose test maps were classified; columns, "
+        "the method the secondary was trained on. Each test map is scored once, after training "
+        "(the kept epoch was chosen on validation maps). A cell is the mean over replicates "
+        "± their standard deviation; its 95% interval (in `cross_evaluation.csv`: `ci_low`, "
+        "`ci_high`) counts both the spread across replicates and test-sample noise, and the "
+        "verdicts below use it (one-sided tests, Holm-adjusted over the block's cells). "
+        "The **class cue** is the accuracy of the best guess of the primary from the class a "
+        "map explains alone (fitted on the secondary's training maps, scored on the same test "
+        "maps); a secondary is credited with a fingerprint beyond it only where it beats it. "
+        "**Same-class images** are the test images that every primary explains as the same "
+        "class: there the class says nothing about the primary. Per replicate: "
+        "`cross_evaluation_replicates.csv`.\n",
     ]
     for (experiment, variant), block in table.groupby(["experiment", "variant"], sort=False):
         chance = block["chance"].iloc[0]
         n = int(block["n_primaries"].iloc[0])
-        parts.append(f"\n## {experiment} - {variant} ({n} primaries, chance {chance:.2f})\n")
-        matrix = as_matrix(block)
-        matrix.index.name = "test on \\ trained on"
-        parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
+        parts.append(f"\n## {experiment} - {variant} ({n} primaries, chance {chance:.2f})\n\n")
+        if replicates is not None:
+            mine = replicates[
+                (replicates["experiment"] == experiment) & (replicates["variant"] == variant)
+            ]
+            parts.append(
+                f"{_replicates_line(mine)}; {int(block['n_test'].iloc[0])} test maps per "
+                "replicate.\n\n"
+            )
+            parts.append(_primaries_line(mine, primary_accuracy))
+        cue = block.drop_duplicates("test_method")
+        parts.append(
+            f"Class cue: {cue['class_cue'].mean():.3f} (chance {chance:.2f}); all primaries "
+            f"explain the same class on {cue['same_class_fraction'].mean():.0%} of test "
+            "images.\n\n"
+        )
+        parts.append("Accuracy (mean ± sd over replicates):\n\n")
+        matrix = _matrix_text(block, lambda r: _cell(r.accuracy, r.accuracy_sd, r.n_replicates))
+        parts.append(matrix.to_markdown() + "\n\n")
+        parts.append("Accuracy minus the class cue (mean, 95% interval):\n\n")
+        matrix = _matrix_text(
+            block,
+            lambda r: (
+                f"{r.vs_cue:+.3f} [{r.vs_cue_low:+.2f}, {r.vs_cue_high:+.2f}]"
+                if np.isfinite(r.vs_cue)
+                else "n/a"
+            ),
+        )
+        parts.append(matrix.to_markdown() + "\n\n")
+        if block["n_same_class"].max() > 0:
+            parts.append(
+                f"Accuracy on same-class images only ({int(block['n_same_class'].iloc[0])} test "
+                "maps per replicate):\n\n"
+            )
+            matrix = _matrix_text(
+                block, lambda r: _cell(r.same_class_accuracy, r.same_class_sd, r.n_replicates)
+            )
+            parts.append(matrix.to_markdown() + "\n\n")
+        else:
+            parts.append("No test image is explained as the same class by every primary.\n\n")
         parts.append(chance_note(block))
     return "".join(parts)
 
 
-def chance_note(block: pd.DataFrame) -> str:
-    """One line on which cells of a block are not significantly above chance."""
-    if "p_holm" not in block or block["p_holm"].isna().all():
-        return ""  # a table from before the p-values were added
-    weak = block[~(block["p_holm"] < SIGNIFICANCE)]
-    if weak.empty:
-        return f"\nEvery cell is above chance (Holm-adjusted p < {SIGNIFICANCE}).\n"
-    if len(weak) == len(block):
-        return f"\nNo cell is above chance (Holm-adjusted p >= {SIGNIFICANCE} in every cell).\n"
-    cells = ", ".join(
+def _cells(rows: pd.DataFrame) -> str:
+    return ", ".join(
         f"{SHORT_NAMES.get(r.test_method, r.test_method)} maps by the "
         f"{SHORT_NAMES.get(r.train_method, r.train_method)} secondary"
-        for r in weak.itertuples()
+        for r in rows.itertuples()
     )
-    return f"\nNot above chance (Holm-adjusted p >= {SIGNIFICANCE}): {cells}.\n"
+
+
+def chance_note(block: pd.DataFrame) -> str:
+    """Which cells of a block are not above chance, and which not above the class cue."""
+    lines = []
+    for column, what in (("p_holm", "chance"), ("p_holm_vs_cue", "the class cue")):
+        if column not in block or block[column].isna().all():
+            continue
+        weak = block[~(block[column] < SIGNIFICANCE)]
+        test = f"Holm-adjusted p >= {SIGNIFICANCE}"
+        if weak.empty:
+            lines.append(f"Every cell is above {what} ({test.replace('>=', '<')}).")
+        elif len(weak) == len(block):
+            lines.append(f"No cell is above {what} ({test} in every cell).")
+        else:
+            lines.append(f"Not above {what} ({test}): {_cells(weak)}.")
+    return "".join(f"\n{line}\n" for line in lines)
+
+
+def primary_test_accuracy(metrics: list[str | Path]) -> dict[str, float]:
+    """``{primary name: final test accuracy}`` from primaries' ``metrics.json`` files."""
+    found = {}
+    for path in metrics:
+        record = json.loads(Path(path).read_text())
+        found[record["primary"]] = float(record["final_test_accuracy"])
+    return found
 
 
 def combine_tables(
-    parts: list[str | Path], out_csv: str | Path, out_md: str | Path
+    parts: list[str | Path],
+    out_csv: str | Path,
+    out_md: str | Path,
+    *,
+    out_replicates: str | Path | None = None,
+    primary_metrics: list[str | Path] = (),
 ) -> pd.DataFrame:
-    """All cross-evaluation tables in one CSV and one markdown report; their shared sidecar
-    records the config of every part (from the parts' own sidecars)."""
+    """All per-replicate cross-evaluations in one CSV, summarised per cell in another, and a
+    markdown report; their shared sidecar records the config of every part."""
     configs = {}
     for part in parts:
         sidecar = provenance_path(part)
         configs[str(part)] = json.loads(sidecar.read_text())["config"] if sidecar.exists() else None
     prov = Provenance("combine_tables", {"parts": configs})
-    table = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
+    replicates = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
+    table = summarise(replicates)
+    if out_replicates is not None:
+        write_table(replicates, out_replicates, prov.finish(n_rows=len(replicates)))
     write_table(table, out_csv, prov.finish(n_rows=len(table)))
     with atomic_output(out_md) as tmp:
-        tmp.write_text(markdown_report(table))
+        tmp.write_text(markdown_report(table, replicates, primary_test_accuracy(primary_metrics)))
     return table

@@ -128,7 +128,24 @@ COLUMNS = [
     "paper_n_primaries",
     "chance",
     "paper_source",
+    # beyond a single number (present when the cross-evaluation has replicates and the cue)
+    "n_replicates",
+    "ours_sd",
+    "above_chance",
+    "class_cue",
+    "vs_cue",
+    "above_cue",
+    "same_class_accuracy",
 ]
+OPTIONAL = {
+    "n_replicates": "n_replicates",
+    "ours_sd": "accuracy_sd",
+    "above_chance": "above_chance",
+    "class_cue": "class_cue",
+    "vs_cue": "vs_cue",
+    "above_cue": "above_cue",
+    "same_class_accuracy": "same_class_accuracy",
+}
 
 
 def table_variant(key: str, cfg: dict) -> str:
@@ -211,6 +228,7 @@ def compare(cross_evaluation: pd.DataFrame, cfg: dict) -> pd.DataFrame:
                     "paper_n_primaries": table.n_primaries,
                     "chance": float(ours["chance"]),
                     "paper_source": table.source,
+                    **{k: ours[c] for k, c in OPTIONAL.items() if c in ours.index},
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -223,14 +241,31 @@ def _short(method: str) -> str:
 
 
 def markdown(comparison: pd.DataFrame) -> str:
-    """A block per paper table: every cell with paper value, ours, difference, CI and n_test."""
+    """A block per paper table: every cell with paper value, ours, difference, CI and n_test,
+    and (with replicates) the spread, the verdicts and the class-cue control."""
+    replicated = "above_cue" in comparison and comparison["above_cue"].notna().any()
     parts = [
         "# Comparison with the paper\n\n",
-        f"Paper: {SOURCE}. Ours: secondary test accuracy from `cross_evaluation.csv`, with its "
-        "95% Wilson interval. `difference` = ours - paper. A paper value marked `>` is a lower "
-        "bound. `in CI`: the paper's value lies inside our interval (for `>`: our upper bound "
-        "exceeds it).\n",
+        f"Paper: {SOURCE}. Ours: secondary test accuracy from `cross_evaluation.csv`"
+        + (
+            ", the mean over replicates ± their standard deviation, with a 95% interval that "
+            "counts replicate and test-sample variation"
+            if replicated
+            else ", with its 95% Wilson interval"
+        )
+        + ". `difference` = ours - paper. A paper value marked `>` is a lower bound. `in CI`: "
+        "the paper's value lies inside our interval (for `>`: our upper bound exceeds it).",
     ]
+    if replicated:
+        parts.append(
+            " `> chance` and `> cue`: the cell is above chance, and above the class cue (the "
+            "best guess of the primary from the class a map explains alone, on the same test "
+            "maps), by one-sided tests on that interval, Holm-adjusted per block. `same class`: "
+            "our accuracy on the test images every primary explains as the same class. The paper "
+            "had no such controls: a cell whose `> cue` is `no` is a fingerprint we cannot "
+            "tell from the class cue."
+        )
+    parts.append("\n")
     for key, block in comparison.groupby("paper_table", sort=False):
         first = block.iloc[0]
         parts.append(
@@ -245,21 +280,37 @@ def markdown(comparison: pd.DataFrame) -> str:
             )
             + " maps per cell.\n\n"
         )
-        parts.append(
-            "| tested on | trained on | paper | ours | difference | 95% CI | n_test | in CI |\n"
-            "|---|---|---|---|---|---|---|---|\n"
-        )
+        header = "| tested on | trained on | paper | ours | difference | 95% CI | n_test | in CI |"
+        if replicated:
+            header += " > chance | class cue | > cue | same class |"
+        parts.append(header + "\n" + "|---" * header.count(" | ") + "|---|\n")
         for _, row in block.iterrows():
             paper = f"{row['paper_relation'] if row['paper_relation'] != '=' else ''}"
-            parts.append(
+            ours = f"{row['ours']:.3f}"
+            if replicated and row.get("n_replicates", 1) > 1:
+                ours += f" ± {row['ours_sd']:.3f}"
+            line = (
                 f"| {_short(row['test_method'])} | {_short(row['train_method'])} "
-                f"| {paper}{row['paper']:.2f} | {row['ours']:.3f} | {row['difference']:+.3f} "
+                f"| {paper}{row['paper']:.2f} | {ours} | {row['difference']:+.3f} "
                 f"| [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {int(row['n_test'])} "
-                f"| {'yes' if row['paper_in_ci'] else 'no'} |\n"
+                f"| {_yes(row['paper_in_ci'])} |"
             )
+            if replicated:
+                same = row["same_class_accuracy"]
+                line += (
+                    f" {_yes(row['above_chance'])} | {row['class_cue']:.3f} "
+                    f"| {_yes(row['above_cue'])} | {'n/a' if pd.isna(same) else f'{same:.3f}'} |"
+                )
+            parts.append(line + "\n")
         if len(block) > 1 and key != "shuffled_two_resnets":
             parts.append("\n" + _ours_vs_paper_matrix(block) + "\n")
     return "".join(parts)
+
+
+def _yes(value) -> str:
+    if isinstance(value, str):
+        value = value.strip().lower() == "true"
+    return "yes" if bool(value) else "no"
 
 
 def _ours_vs_paper_matrix(block: pd.DataFrame) -> str:

@@ -48,7 +48,14 @@ def plot_heatmap(
     ax.set_xlabel("secondary trained on")
     ax.set_ylabel("tested on")
     ax.set_title(
-        f"{title}\n(chance {chance:.2f}, n_test {int(table['n_test'].min())})", fontsize=10
+        f"{title}\n(chance {chance:.2f}, n_test {int(table['n_test'].min())}"
+        + (
+            f", mean of {int(table['n_replicates'].max())} replicates"
+            if "n_replicates" in table and table["n_replicates"].max() > 1
+            else ""
+        )
+        + ")",
+        fontsize=10,
     )
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     bar.ax.axhline(chance, color="red", linewidth=1.5)

@@ -14,7 +14,7 @@ from .models import build_model
 from .provenance import Provenance
 from .runtime import describe_device, set_determinism
 from .store import write_json
-from .training import TrainSettings, save_model, train_classifier
+from .training import TrainSettings, predict, save_model, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ def training_subset(train_ids: np.ndarray, fraction: float, seed: int) -> np.nda
     return np.sort(rng.choice(train_ids, size=size, replace=False))
 
 
+def class_counts(values: np.ndarray, classes: list[str]) -> dict[str, int]:
+    """``{class name: how many of values are that class}``, every class listed."""
+    counts = np.bincount(np.asarray(values, dtype=np.int64), minlength=len(classes))
+    return {str(name): int(count) for name, count in zip(classes, counts, strict=False)}
+
+
 def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
     """``labels`` in a seeded random order: the data randomisation test's training labels (same
     class balance, no relation to the images)."""
@@ -49,24 +55,25 @@ def train_primary(
     device: torch.device,
     threads: int | None = None,
     label_permutation_seed: int | None = None,
+    *,
+    stop_at_train_accuracy: float | None = None,
+    config_key: str = "primary_training",
 ) -> dict:
     """Train the primary ``architecture``-seed``seed`` on its own subset of the training split.
 
     With ``label_permutation_seed`` its training labels are randomly permuted first (the data
     randomisation sanity check of Adebayo et al., 2018); it is then named ``...-random_labels``.
+    With ``stop_at_train_accuracy`` training stops at the first epoch whose train accuracy reaches
+    it (``cfg["epochs"]`` is then a cap); the metrics say whether it did. ``config_key`` names
+    the config block ``cfg`` came from, in error messages.
     """
-    prov = Provenance(
-        "train_primary",
-        {
-            "architecture": architecture,
-            "seed": seed,
-            "label_permutation_seed": label_permutation_seed,
-            **cfg,
-        },
-        describe_device(device),
-    )
+    config = {"architecture": architecture, "seed": seed}
+    config["label_permutation_seed"] = label_permutation_seed
+    if stop_at_train_accuracy is not None:
+        config["target_train_accuracy"] = stop_at_train_accuracy
+    prov = Provenance("train_primary", {**config, **cfg}, describe_device(device))
     set_determinism(seed, threads)
-    settings = TrainSettings.from_config(cfg, "primary_training")
+    settings = TrainSettings.from_config(cfg, config_key)
     ds, info = open_dataset(dataset_path)
     split = ds["split"].values
     train_ids = training_subset(np.flatnonzero(split == "train"), cfg["train_fraction"], seed)
@@ -105,8 +112,10 @@ def train_primary(
         settings,
         seed,
         name,
+        stop_at_train_accuracy=stop_at_train_accuracy,
     )
     save_model(model, weights_out, architecture, info.channels, info.image_size, len(info.classes))
+    predicted = predict(model, images[test_idx]).cpu().numpy()
     metrics = {
         "primary": name,
         "architecture": architecture,
@@ -118,8 +127,28 @@ def train_primary(
         else f"permuted (seed {label_permutation_seed})",
         "final_train_accuracy": history[-1].get("train_accuracy"),
         "final_test_accuracy": history[-1]["test_accuracy"],
+        # how often the primary predicts each class on the test split, next to the true counts:
+        # primaries that predict different classes explain different classes (the class cue)
+        "test_prediction_counts": class_counts(predicted, info.classes),
+        "test_label_counts": class_counts(label_values[test_ids], info.classes),
         "history": history,
         "provenance": prov.finish(),
     }
+    if stop_at_train_accuracy is not None:
+        reached = history[-1]["train_accuracy"] >= stop_at_train_accuracy
+        metrics.update(
+            target_train_accuracy=stop_at_train_accuracy,
+            max_epochs=settings.epochs,
+            epochs_run=len(history),
+            target_reached=bool(reached),
+        )
+        if not reached:
+            log.warning(
+                "%s: train accuracy %.4f after %d epochs (the cap) is below the target %g",
+                name,
+                history[-1]["train_accuracy"],
+                len(history),
+                stop_at_train_accuracy,
+            )
     write_json(metrics_out, metrics)
     return metrics

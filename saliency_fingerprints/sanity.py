@@ -7,8 +7,10 @@ each comparing a primary's maps with maps of the same images made under a change
   from the top (logits) down, one more at each step (``cascading``), or one at a time with the
   others kept trained (``independent``). A method whose maps stay similar does not depend on
   the weights it claims to explain.
-* **Data randomisation** (Adebayo et al., 2018): the maps of a primary trained on permuted
-  labels (:func:`~saliency_fingerprints.primary.train_primary` with a label seed).
+* **Data randomisation** (Adebayo et al., 2018): the maps of a copy of the primary trained on
+  permuted labels until it has memorised them (:func:`train_random_label_primary`: it stops at
+  the first epoch whose train accuracy reaches a target, or at an epoch cap). A copy that did
+  not reach the target is no memorising network, and the summary says so beside its rows.
 * **Input invariance** (Kindermans et al., 2017): every input shifted by a constant ``m`` and the
   model compensated so that it computes the same function (:class:`ShiftedInput`): the outputs
   and input gradients are unchanged, so a method *should* give the same maps. Grad and SmoothGrad
@@ -22,6 +24,7 @@ channels, and SSIM of the absolute maps scaled to [0, 1] (``ssim``).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,12 +37,13 @@ from scipy.stats import rankdata
 from torch import nn
 
 from .datasets import open_dataset
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluate import write_table
+from .primary import primary_id, train_primary
 from .provenance import Provenance, as_attr
 from .runtime import describe_device, set_determinism
 from .saliency import SHORT_NAMES, build_method, resolve_pass_size
-from .store import atomic_output, write_dataset
+from .store import atomic_output, write_dataset, write_json
 from .training import load_model, predict
 
 log = logging.getLogger(__name__)
@@ -160,6 +164,97 @@ def similarities(reference: np.ndarray, maps: np.ndarray) -> dict[str, np.ndarra
         "spearman": spearman(reference, maps, absolute=False),
         "ssim": ssim(reference, maps),
     }
+
+
+# -- the random-label copy: trained until it memorises its permuted labels ------------------------
+
+RANDOM_LABELS_SUFFIX = "-random_labels"
+
+
+def train_random_label_primary(
+    dataset_path: str | Path,
+    architecture: str,
+    seed: int,
+    cfg: dict,
+    label_seed: int,
+    target_train_accuracy: float | None,
+    weights_out: str | Path,
+    metrics_out: str | Path,
+    device: torch.device,
+    threads: int | None = None,
+) -> dict:
+    """The data randomisation test's copy of primary ``architecture``-seed``seed``: the same
+    architecture, initialisation and training subset, with the subset's labels permuted (seeded
+    by ``label_seed``), trained with ``cfg`` (``primary_training`` with the copy's own keys
+    merged in) until the first epoch whose train accuracy on the permuted labels reaches
+    ``target_train_accuracy``, or for ``cfg["epochs"]`` epochs (the cap). None: every epoch.
+
+    Adebayo et al. (2018) compare with a network that has *memorised* random labels; the
+    metrics say how many epochs ran, the train accuracy reached and whether that was the target.
+    """
+    if target_train_accuracy is not None and not 0 < target_train_accuracy <= 1:
+        raise ConfigError(
+            "sanity_checks.random_labels.target_train_accuracy must be in (0, 1], "
+            f"got {target_train_accuracy}"
+        )
+    metrics = train_primary(
+        dataset_path,
+        architecture,
+        seed,
+        cfg,
+        weights_out,
+        metrics_out,
+        device,
+        threads,
+        label_permutation_seed=label_seed,
+        stop_at_train_accuracy=target_train_accuracy,
+        config_key="sanity_checks.random_labels",
+    )
+    if target_train_accuracy is None:  # every epoch ran: record it the same way
+        metrics.update(
+            target_train_accuracy=None,
+            max_epochs=int(cfg["epochs"]),
+            epochs_run=len(metrics["history"]),
+            target_reached=True,
+        )
+        write_json(metrics_out, metrics)
+    return metrics
+
+
+def random_label_summary(metrics: list[dict]) -> pd.DataFrame:
+    """One row per random-label copy (from its ``metrics.json``): the primary it copies, the
+    epochs run and their cap, the train accuracy reached on the permuted labels, the target and
+    whether it was reached, and the test accuracy on the true labels."""
+    rows = []
+    for m in metrics:
+        if "epochs_run" not in m:
+            raise DataError(
+                f"{m.get('primary', 'a random-label copy')}: metrics.json without epochs_run "
+                "(written before the train-accuracy target existed): retrain it"
+            )
+        rows.append(
+            {
+                "primary": primary_id(m["architecture"], m["seed"]),
+                "copy_epochs": int(m["epochs_run"]),
+                "copy_max_epochs": int(m["max_epochs"]),
+                "copy_train_accuracy": float(m["final_train_accuracy"]),
+                "copy_target_train_accuracy": m["target_train_accuracy"],
+                "copy_target_reached": bool(m["target_reached"]),
+                "copy_test_accuracy": float(m["final_test_accuracy"]),
+            }
+        )
+    return pd.DataFrame(rows, columns=RANDOM_LABEL_COLUMNS)
+
+
+RANDOM_LABEL_COLUMNS = [
+    "primary",
+    "copy_epochs",
+    "copy_max_epochs",
+    "copy_train_accuracy",
+    "copy_target_train_accuracy",
+    "copy_target_reached",
+    "copy_test_accuracy",
+]
 
 
 # -- the sanity-check job: one method on one primary ---------------------------------------------
@@ -289,8 +384,12 @@ def run_sanity_checks(
 # -- the summary over primaries and methods ------------------------------------------------------
 
 
-def summarise(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """Median and interquartile range of every similarity per (primary, method, test, step)."""
+def summarise(
+    tables: list[pd.DataFrame], random_labels: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Median and interquartile range of every similarity per (primary, method, test, step);
+    with ``random_labels`` (:func:`random_label_summary`), the ``random_labels`` rows also carry
+    their copy's epochs, train accuracy reached, target and test accuracy (``copy_*``)."""
     data = pd.concat(tables, ignore_index=True)
     keys = ["primary", "method", "test", "step", "layer"]
     grouped = data.groupby(keys, sort=False)[list(SIMILARITIES)]
@@ -299,7 +398,60 @@ def summarise(tables: list[pd.DataFrame]) -> pd.DataFrame:
     for name in SIMILARITIES:
         out[f"{name}_q1"], out[f"{name}_q3"] = q1[name], q3[name]
     out["n_images"] = grouped.size()
-    return out.reset_index()
+    out = out.reset_index()
+    if random_labels is not None and len(random_labels):
+        copies = random_labels.assign(test="random_labels")
+        out = out.merge(copies, on=["primary", "test"], how="left", validate="many_to_one")
+    return out
+
+
+def _copy_lines(summary: pd.DataFrame) -> list[str]:
+    """The random-label copies in a table, and a plain warning for each that fell short."""
+    if "copy_train_accuracy" not in summary:
+        return []
+    copies = summary[summary["test"] == "random_labels"].drop_duplicates("primary")
+    copies = copies[copies["copy_train_accuracy"].notna()]
+    if copies.empty:
+        return []
+    table = pd.DataFrame(
+        {
+            "random-label copy of": copies["primary"],
+            "epochs (cap)": [
+                f"{int(e)} ({int(c)})"
+                for e, c in zip(copies["copy_epochs"], copies["copy_max_epochs"], strict=True)
+            ],
+            "train accuracy (permuted labels)": copies["copy_train_accuracy"],
+            "target": [_target(t) for t in copies["copy_target_train_accuracy"]],
+            "reached": ["yes" if _reached(r) else "**no**" for r in copies["copy_target_reached"]],
+            "test accuracy (true labels)": copies["copy_test_accuracy"],
+        }
+    )
+    lines = [
+        "\nThe random-label copies are trained on permuted labels until the first epoch whose "
+        "train accuracy reaches the target, or for the cap: Adebayo et al.'s data randomisation "
+        "test compares with a network that has memorised the permuted labels.\n\n",
+        table.to_markdown(index=False, floatfmt=".3f") + "\n",
+    ]
+    for _, row in copies[~copies["copy_target_reached"].map(_reached)].iterrows():
+        lines.append(
+            f"\n**{row['primary']}: target not reached.** Its random-label copy stopped at the "
+            f"cap of {int(row['copy_epochs'])} epochs with train accuracy "
+            f"{row['copy_train_accuracy']:.3f} (target "
+            f"{_target(row['copy_target_train_accuracy'])}): it has not memorised the permuted "
+            "labels, so its random labels rows compare the primary with a network that learned "
+            "little, not with one that memorised random labels. They are not Adebayo et al.'s "
+            "test.\n"
+        )
+    return lines
+
+
+def _reached(value: object) -> bool:
+    """A ``copy_target_reached`` cell as a bool (NaN, on rows without a copy: False)."""
+    return not pd.isna(value) and bool(value)
+
+
+def _target(value: object) -> str:
+    return "none" if value is None or pd.isna(value) else f"{float(value):.2f}"
 
 
 def markdown_summary(summary: pd.DataFrame) -> str:
@@ -330,18 +482,41 @@ def markdown_summary(summary: pd.DataFrame) -> str:
         matrix = others.pivot_table(
             index=["primary", "method"], columns="test", values="spearman_abs_median", sort=False
         )
+        if "copy_train_accuracy" in others:
+            copies = others[others["test"] == "random_labels"].drop_duplicates("primary")
+            copies = copies.set_index("primary")
+            primaries = matrix.index.get_level_values(0)
+            reached = copies["copy_target_reached"].reindex(primaries)
+            train = copies["copy_train_accuracy"].reindex(primaries)
+            matrix["copy: train acc (permuted)"] = [
+                "" if pd.isna(t) else f"{t:.3f}" + ("" if _reached(r) else " (not reached)")
+                for t, r in zip(train, reached, strict=True)
+            ]
+            matrix["copy: test acc"] = copies["copy_test_accuracy"].reindex(primaries).to_numpy()
         matrix.index = [f"{p} {SHORT_NAMES.get(m, m)}" for p, m in matrix.index]
         matrix.columns = [c.replace("_", " ") for c in matrix.columns]
         parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
+        parts.extend(_copy_lines(others))
     return "".join(parts)
 
 
 def combine_sanity_tables(
-    parts: list[str | Path], out_csv: str | Path, out_md: str | Path
+    parts: list[str | Path],
+    out_csv: str | Path,
+    out_md: str | Path,
+    random_label_metrics: list[str | Path] = (),
 ) -> pd.DataFrame:
-    """Every (primary, method) table summarised in one CSV and one markdown report."""
-    summary = summarise([pd.read_csv(p) for p in parts])
-    prov = Provenance("combine_sanity_tables", {"parts": [str(p) for p in parts]})
+    """Every (primary, method) table summarised in one CSV and one markdown report, with what
+    each random-label copy reached (from its ``metrics.json``) beside its rows."""
+    copies = random_label_summary([json.loads(Path(p).read_text()) for p in random_label_metrics])
+    summary = summarise([pd.read_csv(p) for p in parts], copies)
+    prov = Provenance(
+        "combine_sanity_tables",
+        {
+            "parts": [str(p) for p in parts],
+            "random_label_metrics": [str(p) for p in random_label_metrics],
+        },
+    )
     write_table(summary, out_csv, prov.finish(n_rows=len(summary)))
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown_summary(summary))

@@ -3,7 +3,14 @@
 A secondary of an experiment sees the maps of one method from every primary of that experiment
 (label = the primary's position in the experiment's list). The train/test split is by *source
 image*: all maps of an image, from every primary and every method, fall on the same side, so no
-test map comes from an image whose map was used in training.
+test map comes from an image whose map was used in training. Inside the training images a seeded
+*validation* split (``secondary.validation_fraction``, again by source image) chooses the epoch
+the secondary keeps (highest validation accuracy; ``secondary.patience`` stops early): nothing is
+chosen by looking at the test maps, which the cross-evaluation scores once.
+
+A *replicate* (config ``replicates``) is one secondary with its own seed (``secondary.seed`` plus
+the replicate index) and, with ``replicates.disjoint_primaries``, its own set of primaries; the
+rules pass each replicate's primaries and seed in.
 
 Map preprocessing (config ``secondary.preprocess``), applied per map:
 
@@ -29,7 +36,7 @@ from .runtime import describe_device, set_determinism
 from .saliency import open_maps
 from .shuffle import apply_variant
 from .store import chunk_ranges, one_line, write_json
-from .training import TrainSettings, save_model, train_classifier
+from .training import TrainSettings, save_model, select_epoch, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,23 @@ def image_disjoint_split(
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
+def validation_split(
+    train_ids: np.ndarray, validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of the secondary's *training images* into fitting and validation ids
+    (sorted, disjoint, their union ``train_ids``): the validation maps choose the kept epoch."""
+    if not 0 < validation_fraction < 1:
+        raise ConfigError(
+            f"secondary.validation_fraction must be in (0, 1), got {validation_fraction}"
+        )
+    ids = np.unique(np.asarray(train_ids))
+    if len(ids) < 2:
+        raise DataError(f"need at least 2 training images to hold some out, got {len(ids)}")
+    order = np.random.default_rng([seed, 0x7A11D]).permutation(ids)
+    n_val = min(len(ids) - 1, max(1, round(len(ids) * validation_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 @dataclass
 class MapSet:
     """Preprocessed maps of one method, all primaries of an experiment, one side of the split."""
@@ -87,6 +111,12 @@ class MapSet:
     x: np.ndarray  # (P * n, C', H, W) float32
     y: np.ndarray  # (P * n,) primary index
     sample: np.ndarray  # (P * n,) source image id
+    target: np.ndarray  # (P * n,) the class the map explains
+
+    def subset(self, ids: np.ndarray) -> MapSet:
+        """The maps of the source images ``ids``."""
+        keep = np.isin(self.sample, ids)
+        return MapSet(self.x[keep], self.y[keep], self.sample[keep], self.target[keep])
 
 
 def store_sample_ids(paths: list[str | Path]) -> np.ndarray:
@@ -114,11 +144,16 @@ def load_mapset(
     Streams each store chunk by chunk: memory holds the preprocessed maps only.
     """
     pre = cfg.get("preprocess", {})
-    xs, ys, samples = [], [], []
+    xs, ys, samples, targets = [], [], [], []
     for index, (path, primary) in enumerate(zip(paths, primaries, strict=True)):
         ds = open_maps(path)
         if str(ds["primary"].values) != primary:
             raise DataError(f"{path}: holds maps of {ds['primary'].values}, expected {primary}")
+        if "target" not in ds.coords:
+            raise DataError(
+                f"{path}: no 'target' coordinate; expected the class each map explains (a store "
+                "written by compute_saliency)"
+            )
         positions = np.flatnonzero(np.isin(ds["sample"].values, ids))
         nonzero = False
         for _, start, stop in chunk_ranges(len(positions), chunk_size):
@@ -141,12 +176,15 @@ def load_mapset(
             xs.append(apply_variant(x, variant, int(cfg.get("shuffle_seed", 0)), primary, sample))
             ys.append(np.full(len(x), index, dtype=np.int64))
             samples.append(sample)
+            targets.append(part["target"].values.astype(np.int64))
         if not nonzero:
             raise DataError(
                 f"{path}: every map is all-zero (a dead model or a broken method); expected "
                 "maps with some non-zero attribution"
             )
-    return MapSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(samples))
+    return MapSet(
+        np.concatenate(xs), np.concatenate(ys), np.concatenate(samples), np.concatenate(targets)
+    )
 
 
 def split_ids(paths: list[str | Path], cfg: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -155,74 +193,148 @@ def split_ids(paths: list[str | Path], cfg: dict) -> tuple[np.ndarray, np.ndarra
     )
 
 
+def replicate_maps(
+    replicates: list[dict], methods: list[str], target: str, stores: list[str | Path]
+) -> list[dict]:
+    """``replicates`` (each with ``primaries``) with ``maps``: method -> the store of each of its
+    primaries, found among ``stores`` (paths ending in ``<target>/<method>/<primary>.zarr``)."""
+    by_name = {"/".join(Path(p).parts[-3:]): str(p) for p in stores}
+    found = []
+    for rep in replicates:
+        maps = {}
+        for method in methods:
+            keys = [f"{target}/{method}/{primary}.zarr" for primary in rep["primaries"]]
+            missing = [k for k in keys if k not in by_name]
+            if missing:
+                raise DataError(f"no map store {missing[0]} among the job's inputs")
+            maps[method] = [by_name[k] for k in keys]
+        found.append({**rep, "maps": maps})
+    return found
+
+
 def to_tensors(maps: MapSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(maps.x).to(device), torch.from_numpy(maps.y).to(device)
 
 
 def train_secondary(
-    map_paths: list[str | Path],
-    primaries: list[str],
+    *,
     experiment: str,
     method: str,
     variant: str,
+    replicates: list[dict],
     cfg: dict,
     weights_out: str | Path,
     metrics_out: str | Path,
     device: torch.device,
     threads: int | None = None,
 ) -> dict:
-    if len(primaries) < 2:
-        raise ConfigError(f"experiments.{experiment}: needs at least 2 primaries to tell apart")
+    """Train every replicate of the secondary of (``experiment``, ``method``, ``variant``).
+
+    ``replicates``: one dict per replicate with ``replicate`` (index), ``seed``, ``primaries``
+    (names in label order) and ``maps`` (one store per primary, same order). Each replicate is
+    trained exactly as if alone (its own seed, determinism reset), on its fitting maps, keeping
+    its best validation epoch; the test maps are not read. ``cfg``: the experiment's secondary
+    block (its ``seed`` is replaced by each replicate's). All replicates' weights go into one
+    safetensors file (``rep<r>.`` prefixes), their metrics into one JSON file."""
     prov = Provenance(
         "train_secondary",
         {
             "experiment": experiment,
             "method": method,
             "variant": variant,
-            "primaries": primaries,
+            "replicates": [
+                {k: r[k] for k in ("replicate", "seed", "primaries")} for r in replicates
+            ],
             **cfg,
         },
         describe_device(device),
     )
-    seed = int(cfg["seed"])
-    set_determinism(seed, threads)
     settings = TrainSettings.from_config(cfg, f"experiments.{experiment}.secondary")
+    models, records, shape = {}, [], None
+    for rep in replicates:
+        model, record = _train_replicate(
+            rep, experiment, method, variant, cfg, settings, device, threads
+        )
+        models[f"rep{rep['replicate']}"] = model
+        records.append(record)
+        shape = record.pop("_shape")
+    channels, size = shape
+    n_primaries = len(replicates[0]["primaries"])
+    save_model(models, weights_out, cfg["architecture"], channels, size, n_primaries)
+    metrics = {
+        "experiment": experiment,
+        "method": method,
+        "variant": variant,
+        "replicates": records,
+        "provenance": prov.finish(),
+    }
+    write_json(metrics_out, metrics)
+    return metrics
+
+
+def _train_replicate(
+    rep: dict,
+    experiment: str,
+    method: str,
+    variant: str,
+    cfg: dict,
+    settings: TrainSettings,
+    device: torch.device,
+    threads: int | None,
+) -> tuple[torch.nn.Module, dict]:
+    primaries, map_paths, seed = rep["primaries"], rep["maps"], int(rep["seed"])
+    if len(primaries) < 2:
+        raise ConfigError(f"experiments.{experiment}: needs at least 2 primaries to tell apart")
+    set_determinism(seed, threads)
     train_ids, test_ids = split_ids(map_paths, cfg)
-    train = load_mapset(map_paths, primaries, train_ids, cfg, variant)
-    test = load_mapset(map_paths, primaries, test_ids, cfg, variant)
-    assert not np.intersect1d(train.sample, test.sample).size  # image-disjoint by construction
-    _, channels, size, _ = train.x.shape
+    fit_ids, val_ids = validation_split(
+        train_ids, float(cfg["validation_fraction"]), int(cfg["split_seed"])
+    )
+    maps = load_mapset(map_paths, primaries, train_ids, cfg, variant)
+    fit, val = maps.subset(fit_ids), maps.subset(val_ids)
+    _, channels, size, _ = fit.x.shape
     torch.manual_seed(seed)
     try:
         model = build_model(cfg["architecture"], channels, size, len(primaries))
     except ConfigError as err:
         raise ConfigError(f"experiments.{experiment}.secondary.architecture: {err}") from None
     model = model.to(device)
-    name = f"{experiment}/{method}/{variant}"
+    name = f"{experiment}/{method}/{variant}/rep{rep['replicate']}"
     log.info(
-        "%s: %d training maps, %d test maps, %d primaries, device %s",
+        "%s: %d fitting maps, %d validation maps (%d test images held out), primaries %s, "
+        "seed %d, device %s",
         name,
-        len(train.y),
-        len(test.y),
-        len(primaries),
+        len(fit.y),
+        len(val.y),
+        len(test_ids),
+        ", ".join(primaries),
+        seed,
         describe_device(device),
     )
     history = train_classifier(
-        model, to_tensors(train, device), to_tensors(test, device), settings, seed, name
+        model,
+        to_tensors(fit, device),
+        None,
+        settings,
+        seed,
+        name,
+        validation=to_tensors(val, device),
+        patience=cfg.get("patience"),
+        full_train_accuracy=False,
     )
-    save_model(model, weights_out, cfg["architecture"], channels, size, len(primaries))
-    metrics = {
-        "experiment": experiment,
-        "method": method,
-        "variant": variant,
+    kept = select_epoch(history)
+    return model, {
+        "replicate": rep["replicate"],
+        "seed": seed,
         "primaries": primaries,
-        "n_train": len(train.y),
-        "n_test": len(test.y),
-        "n_train_images": len(train_ids),
+        "n_fit": len(fit.y),
+        "n_validation": len(val.y),
+        "n_fit_images": len(fit_ids),
+        "n_validation_images": len(val_ids),
         "n_test_images": len(test_ids),
-        "final_test_accuracy": history[-1]["test_accuracy"],
+        "epochs_run": len(history),
+        "selected_epoch": kept,
+        "validation_accuracy": history[kept - 1]["validation_accuracy"],
         "history": history,
-        "provenance": prov.finish(),
+        "_shape": (channels, size),
     }
-    write_json(metrics_out, metrics)
-    return metrics

@@ -125,31 +125,90 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
 def train_classifier(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None,
     settings: TrainSettings,
     seed: int,
     name: str = "model",
+    *,
+    stop_at_train_accuracy: float | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    patience: int | None = None,
+    full_train_accuracy: bool = True,
 ) -> list[dict]:
-    """Train ``model`` in place; return the per-epoch history."""
+    """Train ``model`` in place; return the per-epoch history.
+
+    With ``stop_at_train_accuracy``, training stops after the first epoch whose train accuracy
+    is at least that (and after ``settings.epochs`` epochs in any case); None: all epochs.
+
+    With ``validation``, every epoch is scored on it, and the model ends with the weights of its
+    best epoch (:func:`select_epoch`: highest validation accuracy, the earliest on ties);
+    ``patience`` stops training after that many epochs without a higher validation accuracy
+    (None: all epochs). ``test`` (None: no test set) is only recorded, never used to choose.
+
+    ``full_train_accuracy=False`` records the running accuracy of the training batches (free)
+    instead of a second pass over the training set after each epoch.
+    """
     if len(train[1]) == 0:
         raise DataError(f"{name}: no training examples")
+    if validation is not None and len(validation[1]) == 0:
+        raise DataError(f"{name}: no validation examples")
     with numeric_precision(settings.tf32):
-        return _train(model, train, test, settings, seed, name)
+        return _train(
+            model,
+            train,
+            test,
+            settings,
+            seed,
+            name,
+            stop_at_train_accuracy=stop_at_train_accuracy,
+            validation=validation,
+            patience=patience,
+            full_train_accuracy=full_train_accuracy,
+        )
+
+
+def select_epoch(history: list[dict]) -> int:
+    """The epoch a validated training keeps: highest validation accuracy, the earliest on ties."""
+    best = max(history, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
+    return int(best["epoch"])
+
+
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy on ``(x, y)``."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.float64, device=x.device)
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i : i + batch_size])
+            correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
+            loss += nn.functional.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
+    return float(correct) / len(y), float(loss) / len(y)
 
 
 def _train(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None,
     settings: TrainSettings,
     seed: int,
     name: str,
+    *,
+    stop_at_train_accuracy: float | None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None,
+    patience: int | None,
+    full_train_accuracy: bool,
 ) -> list[dict]:
     x_train, y_train = train
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     x_train = _layout(x_train, settings.channels_last)
-    test = (_layout(test[0], settings.channels_last), test[1])
+    if test is not None:
+        test = (_layout(test[0], settings.channels_last), test[1])
+    if validation is not None:
+        validation = (_layout(validation[0], settings.channels_last), validation[1])
     dtype = AUTOCAST_DTYPES[settings.autocast]
     params = model.parameters()
     if settings.optimizer == "adam":
@@ -162,52 +221,91 @@ def _train(
         )
     loss_fn = nn.CrossEntropyLoss()
     history = []
+    best_state, best_accuracy, since_best = None, -1.0, 0
     n = len(y_train)
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=seed_generator(seed, epoch)).to(x_train.device)
         total = torch.zeros((), dtype=torch.float64, device=x_train.device)
+        hits = torch.zeros((), dtype=torch.float64, device=x_train.device)
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
             opt.zero_grad(set_to_none=True)
             with torch.autocast(x_train.device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(_layout(x_train[idx], settings.channels_last)), y_train[idx])
+                logits = model(_layout(x_train[idx], settings.channels_last))
+                loss = loss_fn(logits, y_train[idx])
             loss.backward()
             opt.step()
             total += loss.detach().double() * len(idx)  # stays on the device: no sync per step
+            hits += (logits.detach().argmax(1) == y_train[idx]).sum()
         record = {
             "epoch": epoch,
             "loss": float(total) / n,
-            "train_accuracy": accuracy(model, x_train, y_train),
-            "test_accuracy": accuracy(model, *test),
+            "train_accuracy": (
+                accuracy(model, x_train, y_train) if full_train_accuracy else float(hits) / n
+            ),
         }
+        if not full_train_accuracy:
+            record["train_accuracy_kind"] = "running"
+        if validation is not None:
+            record["validation_accuracy"], record["validation_loss"] = _evaluate(model, *validation)
+        if test is not None:
+            record["test_accuracy"] = accuracy(model, *test)
         if not np.isfinite(record["loss"]):
             raise DataError(
                 f"{name}: training diverged (loss is {record['loss']}) at epoch {epoch}"
             )
         history.append(record)
         log.info(
-            "%s epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f",
+            "%s epoch %d/%d  loss %.4f  %s",
             name,
             epoch,
             settings.epochs,
             record["loss"],
-            record["train_accuracy"],
-            record["test_accuracy"],
+            "  ".join(
+                f"{key.replace('_accuracy', ' acc')} {record[key]:.4f}"
+                for key in ("train_accuracy", "validation_accuracy", "test_accuracy")
+                if key in record
+            ),
+        )
+        reached = stop_at_train_accuracy is not None
+        if reached and record["train_accuracy"] >= stop_at_train_accuracy:
+            log.info("%s: train accuracy target %g reached", name, stop_at_train_accuracy)
+            break
+        if validation is not None:
+            if record["validation_accuracy"] > best_accuracy:
+                best_accuracy, since_best = record["validation_accuracy"], 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+            if patience is not None and since_best >= patience:
+                log.info(
+                    "%s: no better validation accuracy for %d epochs; stopping", name, patience
+                )
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        log.info(
+            "%s: keeping epoch %d (validation accuracy %.4f)",
+            name,
+            select_epoch(history),
+            best_accuracy,
         )
     model.eval()
     return history
 
 
 def save_model(
-    model: nn.Module,
+    model: nn.Module | dict[str, nn.Module],
     path: str | Path,
     architecture: str,
     in_channels: int,
     image_size: int,
     num_classes: int,
 ) -> None:
-    """Weights as safetensors; the metadata says how to rebuild the module."""
+    """Weights as safetensors; the metadata says how to rebuild the module. A dict of models
+    (e.g. the replicates of one secondary, ``{"rep0": m0, "rep1": m1}``) goes into one file, each
+    model's tensors under its key (``rep0.stem.weight``); :func:`load_model` takes one back."""
     from .store import atomic_output
 
     meta = {
@@ -216,7 +314,14 @@ def save_model(
         "image_size": str(image_size),
         "num_classes": str(num_classes),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    models = model if isinstance(model, dict) else {"": model}
+    state = {
+        f"{name}.{k}" if name else k: v.detach().cpu().contiguous()
+        for name, one in models.items()
+        for k, v in one.state_dict().items()
+    }
+    if len(models) > 1 or "" not in models:
+        meta["models"] = ",".join(models)
     with atomic_output(path) as tmp:
         tmp.write_bytes(canonical_safetensors(save(state, metadata=meta)))
 
@@ -234,8 +339,11 @@ def canonical_safetensors(data: bytes) -> bytes:
     return data[:8] + text.ljust(length, b" ") + data[8 + length :]
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` (no pickle involved)."""
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", name: str | None = None
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` (no pickle involved); ``name`` picks one
+    model of a file that holds several."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -244,7 +352,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Modul
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        names = meta["models"].split(",") if "models" in meta else [""]
+        if (name or "") not in names:
+            raise DataError(f"{path}: holds no model {name!r}; it holds {', '.join(names)}")
         state = load_file(str(path))
+        if name:
+            state = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}.")}
         model = build_model(
             meta["architecture"],
             int(meta["in_channels"]),

@@ -1,4 +1,5 @@
-"""Rule combine_sanity_tables: every sanity-check table -> one summary CSV and markdown."""
+"""Rule combine_sanity_tables: every sanity-check table -> one summary CSV and markdown, with
+what each random-label copy reached (its metrics.json) beside its rows."""
 
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
@@ -7,5 +8,10 @@ from saliency_fingerprints.sanity import combine_sanity_tables
 
 run_job(
     snakemake,  # noqa: F821
-    lambda job: combine_sanity_tables(list(job.input), job.output.csv, job.output.markdown),
+    lambda job: combine_sanity_tables(
+        list(job.input.tables),
+        job.output.csv,
+        job.output.markdown,
+        list(job.input.random_labels),
+    ),
 )

@@ -1,4 +1,5 @@
-"""Rule combine_tables: all experiments' cross-evaluations -> one CSV and a markdown report."""
+"""Rule combine_tables: all experiments' per-replicate cross-evaluations -> the per-replicate CSV,
+the per-cell summary CSV and the markdown report."""
 
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
@@ -7,5 +8,11 @@ from saliency_fingerprints.jobs import run_job
 
 run_job(
     snakemake,  # noqa: F821
-    lambda job: combine_tables(list(job.input), job.output.csv, job.output.markdown),
+    lambda job: combine_tables(
+        list(job.input.parts),
+        job.output.csv,
+        job.output.markdown,
+        out_replicates=job.output.replicates,
+        primary_metrics=list(job.input.primaries),
+    ),
 )

@@ -1,26 +1,27 @@
-"""Rule cross_evaluate: every secondary of an experiment on every method's test maps."""
+"""Rule cross_evaluate: every replicate's secondaries on every method's test maps, with the
+class-cue control."""
 
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.evaluate import cross_evaluate
 from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.secondary import replicate_maps
 
 
 def main(job):
-    methods, primaries = job.params.methods, job.params.primaries
-    secondaries = dict(zip(methods, job.input.secondaries, strict=True))
-    stores = list(job.input.maps)
-    maps = {m: stores[i * len(primaries) : (i + 1) * len(primaries)] for i, m in enumerate(methods)}
+    methods = job.params.methods
+    weights = dict(zip(methods, job.input.secondaries, strict=True))
+    replicates = replicate_maps(
+        job.params.replicates, methods, job.params.target, list(job.input.maps)
+    )
     cross_evaluate(
-        job.wildcards.experiment,
-        job.wildcards.variant,
-        primaries,
-        secondaries,
-        maps,
-        job.params.secondary,
-        job.output.table,
-        job.device,
-        job.threads,
+        experiment=job.wildcards.experiment,
+        variant=job.wildcards.variant,
+        replicates=[{**r, "secondaries": weights} for r in replicates],
+        cfg=job.params.secondary,
+        out_csv=job.output.table,
+        device=job.device,
+        threads=job.threads,
     )
 
 

@@ -3,12 +3,13 @@
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 import pandas as pd
 
+from saliency_fingerprints.evaluate import summarise
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.plots import plot_heatmap
 
 
 def main(job):
-    table = pd.read_csv(job.input.table)
+    table = summarise(pd.read_csv(job.input.table))  # mean over replicates per cell
     title = f"{job.wildcards.experiment} - {job.wildcards.variant}"
     plot_heatmap(table, job.output.png, title, job.params.plots["cmap"], job.params.plots["dpi"])
 

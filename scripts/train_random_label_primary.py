@@ -1,24 +1,27 @@
-"""Rule train_random_label_primary: a primary's copy trained on permuted labels (the data
-randomisation sanity check). A script of its own rather than a flag of train_primary.py, so
-that adding it changed nothing that reruns finished primaries."""
+"""Rule train_random_label_primary: a primary's copy trained on permuted labels until it has
+memorised them (the data randomisation sanity check): it stops at the first epoch whose train
+accuracy reaches sanity_checks.random_labels.target_train_accuracy, or at the epoch cap. A
+script of its own rather than a flag of train_primary.py, so that adding it changed nothing that
+reruns finished primaries."""
 
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
-from saliency_fingerprints.primary import train_primary
+from saliency_fingerprints.sanity import train_random_label_primary
 
 
 def main(job):
-    train_primary(
+    train_random_label_primary(
         job.input.dataset,
         job.wildcards.architecture,
         int(job.wildcards.seed),
         job.params.training,
+        job.params.label_seed,
+        job.params.target_train_accuracy,
         job.output.weights,
         job.output.metrics,
         job.device,
         job.threads,
-        label_permutation_seed=job.params.label_seed,
     )
 
 

@@ -1,22 +1,27 @@
-"""Rule train_secondary: learn which primary of an experiment made a map."""
+"""Rule train_secondary: every replicate's secondary learns which primary made a map."""
 
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
-from saliency_fingerprints.secondary import train_secondary
+from saliency_fingerprints.secondary import replicate_maps, train_secondary
 
-run_job(
-    snakemake,  # noqa: F821
-    lambda job: train_secondary(
-        list(job.input.maps),
-        job.params.primaries,
-        job.wildcards.experiment,
-        job.wildcards.method,
-        job.wildcards.variant,
-        job.params.secondary,
-        job.output.weights,
-        job.output.metrics,
-        job.device,
-        job.threads,
-    ),
-)
+
+def main(job):
+    method = job.wildcards.method
+    replicates = replicate_maps(
+        job.params.replicates, [method], job.params.target, list(job.input.maps)
+    )
+    train_secondary(
+        experiment=job.wildcards.experiment,
+        method=method,
+        variant=job.wildcards.variant,
+        replicates=[{**r, "maps": r["maps"][method]} for r in replicates],
+        cfg=job.params.secondary,
+        weights_out=job.output.weights,
+        metrics_out=job.output.metrics,
+        device=job.device,
+        threads=job.threads,
+    )
+
+
+run_job(snakemake, main)  # noqa: F821

@@ -27,7 +27,17 @@ def tiny_config(sanity: bool = True) -> dict:
     cfg["saliency"].update(max_images=240, chunk_size=64)
     cfg["methods"]["smoothgrad"].update(n_samples=4)
     cfg["methods"]["integrated_gradients"].update(n_steps=4)
-    cfg["secondary"].update(epochs=4)
+    cfg["secondary"].update(epochs=10, batch_size=32)
+    # replicates: 2, on disjoint primary sets in two_cnn2 (cnn2 seeds {0, 1} and {2, 3}); the
+    # true-class experiment with Grad alone and one replicate (the target path, cheaply)
+    cfg["replicates"].update(n=2)
+    cfg["experiments"]["two_cnn2_true_class"] = {
+        "description": "The same primaries, every map explaining the image's true label.",
+        "primaries": [{"architecture": "cnn2", "seeds": [0, 1]}],
+        "methods": ["grad"],
+        "target": "true",
+        "replicates": {"n": 1},
+    }
     cfg["plots"].update(map_grid_images=3, dpi=60)
     cfg["sanity_checks"].update(n_images=40)
     cfg["sanity_checks"]["random_labels"].update(epochs=2)

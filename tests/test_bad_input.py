@@ -323,7 +323,11 @@ def test_unknown_names_in_the_library():
 def map_store(path: Path, maps: np.ndarray, primary: str) -> Path:
     ds = xr.Dataset(
         {"maps": (MAP_DIMS, maps.astype(np.float32))},
-        coords={"sample": np.arange(len(maps)), "primary": primary},
+        coords={
+            "sample": np.arange(len(maps)),
+            "primary": primary,
+            "target": ("sample", np.arange(len(maps)) % 10),
+        },
     )
     ds.to_zarr(path, mode="w", consolidated=False, zarr_format=3)
     return path
@@ -334,15 +338,14 @@ def secondary_job(tmp_path: Path, maps: dict[str, np.ndarray]) -> Path:
     paths = [map_store(tmp_path / f"{p}.zarr", m, p) for p, m in maps.items()]
     weights = tmp_path / "secondary" / "model.safetensors"
     train_secondary(
-        paths,
-        list(maps),
-        "exp",
-        "grad",
-        "original",
-        tiny_config()["secondary"],
-        weights,
-        weights.with_name("metrics.json"),
-        CPU,
+        experiment="exp",
+        method="grad",
+        variant="original",
+        replicates=[{"replicate": 0, "seed": 0, "primaries": list(maps), "maps": paths}],
+        cfg=tiny_config()["secondary"],
+        weights_out=weights,
+        metrics_out=weights.with_name("metrics.json"),
+        device=CPU,
     )
     return weights
 
@@ -398,15 +401,14 @@ def test_corrupt_map_chunk(tmp_path):
     chunks[0].write_bytes(chunks[0].read_bytes()[:50])  # truncated on disk
     with pytest.raises(DataError, match=r"b\.zarr: map chunks are unreadable .*delete it") as err:
         train_secondary(
-            paths,
-            list(maps),
-            "exp",
-            "grad",
-            "original",
-            tiny_config()["secondary"],
-            tmp_path / "s" / "model.safetensors",
-            tmp_path / "s" / "metrics.json",
-            CPU,
+            experiment="exp",
+            method="grad",
+            variant="original",
+            replicates=[{"replicate": 0, "seed": 0, "primaries": list(maps), "maps": paths}],
+            cfg=tiny_config()["secondary"],
+            weights_out=tmp_path / "s" / "model.safetensors",
+            metrics_out=tmp_path / "s" / "metrics.json",
+            device=CPU,
         )
     assert "\n" not in str(err.value)
     assert not (tmp_path / "s").exists()

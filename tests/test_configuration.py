@@ -154,3 +154,40 @@ def test_local_dataset_files(tmp_path):
     archive.write_bytes(b"")
     check_dataset_files({"source": "archive", "url": f"file://{archive}"})
     check_dataset_files({"source": "folder", "path": str(tmp_path)})
+
+
+def test_disjoint_primary_sets_move_seeds_by_the_seed_range():
+    from saliency_fingerprints.configuration import (
+        experiment_primaries,
+        experiment_replicates,
+        primary_set_stride,
+    )
+
+    config = {
+        "replicates": {"n": 3, "disjoint_primaries": False},
+        "experiments": {
+            "pair": {
+                "primaries": [{"architecture": "cnn2", "seeds": [0, 1]}],
+                "replicates": {"disjoint_primaries": True},
+            },
+            "mixed": {
+                "primaries": [
+                    {"architecture": "cnn2", "seeds": [0]},
+                    {"architecture": "miniresnet", "seeds": [0]},
+                ],
+                "replicates": {"n": 2, "disjoint_primaries": True},
+            },
+            "same": {"primaries": [{"architecture": "cnn2", "seeds": [0, 1]}]},
+        },
+    }
+    sets = [experiment_primaries(config, "pair", r) for r in experiment_replicates(config, "pair")]
+    assert sets == [
+        [("cnn2", 0), ("cnn2", 1)],
+        [("cnn2", 2), ("cnn2", 3)],
+        [("cnn2", 4), ("cnn2", 5)],
+    ]
+    assert experiment_replicates(config, "mixed") == [0, 1]
+    assert experiment_primaries(config, "mixed", 1) == [("cnn2", 1), ("miniresnet", 1)]
+    assert experiment_primaries(config, "same", 2) == [("cnn2", 0), ("cnn2", 1)]
+    assert primary_set_stride([("miniresnet", s) for s in range(10)]) == 10
+    assert primary_set_stride([("cnn2", 3), ("cnn2", 7)]) == 5

@@ -100,7 +100,7 @@ def test_dataset_store_is_identical(runs):
 
 def test_maps_are_bitwise_identical(runs):
     tiny_run, second_run = runs
-    stores = relative(tiny_run, "results/saliency/*/*.zarr")
+    stores = relative(tiny_run, "results/saliency/*/*/*.zarr")
     assert len(stores) == 6  # 3 methods x 2 primaries
     for rel in stores:
         a, b = open_zarr(tiny_run / rel), open_zarr(second_run / rel)

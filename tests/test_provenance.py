@@ -49,15 +49,16 @@ def test_dataset_store(tiny_run):
 
 def test_map_stores(tiny_run):
     cfg = tiny_config()
-    stores = sorted((tiny_run / "results/saliency").glob("*/*.zarr"))
-    assert len(stores) == 6
+    stores = sorted((tiny_run / "results/saliency").glob("*/*/*.zarr"))
+    assert len(stores) == 14  # 4 cnn2 x 3 methods (predicted class) + 2 x grad (true class)
     for store in stores:
         method, primary = store.parent.name, store.name.removesuffix(".zarr")
+        target = store.parent.parent.name
         record = store_provenance(store)
         config = check_record(record, "compute_saliency")
         assert config["method"] == method and config["primary"] == primary
         assert config["method_params"] == cfg["methods"][method]
-        for key, value in cfg["saliency"].items():
+        for key, value in {**cfg["saliency"], "target": target}.items():
             assert config[key] == value, (store, key)
         # Only what the maps depend on: no secondary or plotting settings.
         assert not {"secondary", "plots", "experiments"} & set(config)
@@ -75,23 +76,31 @@ def test_primaries(tiny_run):
 
 def test_secondaries(tiny_run):
     found = sorted((tiny_run / "results/experiments").glob("*/secondaries/*/*/metrics.json"))
-    assert len(found) == 6
+    assert len(found) == 7  # two_cnn2: 3 methods x 2 variants; two_cnn2_true_class: grad
     secondary = tiny_config()["secondary"]
     for metrics in found:
         config = check_record(json.loads(metrics.read_text())["provenance"], "train_secondary")
         assert config["method"] == metrics.parent.parent.name
         assert config["variant"] == metrics.parent.name
-        assert config["primaries"] == ["cnn2-seed0", "cnn2-seed1"]
         for key in ("architecture", "epochs", "seed", "test_fraction", "preprocess"):
             assert config[key] == secondary[key], (metrics, key)
+        if config["experiment"] == "two_cnn2":  # 2 replicates on disjoint primary sets
+            assert config["replicates"] == [
+                {"replicate": 0, "seed": 0, "primaries": ["cnn2-seed0", "cnn2-seed1"]},
+                {"replicate": 1, "seed": 1, "primaries": ["cnn2-seed2", "cnn2-seed3"]},
+            ]
 
 
 def test_cross_evaluation_tables(tiny_run):
     tables = sorted((tiny_run / "results/experiments").glob("*/cross_evaluation/*.csv"))
-    assert [t.stem for t in tables] == ["original", "shuffled_per_map"]
+    assert [f"{t.parent.parent.name}/{t.stem}" for t in tables] == [
+        "two_cnn2/original",
+        "two_cnn2/shuffled_per_map",
+        "two_cnn2_true_class/original",
+    ]
     for table in tables:
         config = check_record(json.loads(provenance_path(table).read_text()), "cross_evaluate")
-        assert config["experiment"] == "two_cnn2" and config["variant"] == table.stem
+        assert config["experiment"] == table.parent.parent.name and config["variant"] == table.stem
 
 
 def test_combined_table(tiny_run):
@@ -105,7 +114,7 @@ def test_combined_table(tiny_run):
     for part in parts:
         part_config = json.loads(provenance_path(part).read_text())["config"]
         assert config["parts"][str(part.relative_to(tiny_run))] == part_config
-    assert record["n_rows"] == 18  # 2 variants x 3 train methods x 3 test methods
+    assert record["n_rows"] == 19  # cells: 2 variants x 3 x 3 methods + 1 (true class, grad)
 
 
 def test_combined_table_provenance_is_written_first(tmp_path, monkeypatch):
@@ -115,12 +124,14 @@ def test_combined_table_provenance_is_written_first(tmp_path, monkeypatch):
     from saliency_fingerprints import evaluate
 
     row = {
-        "experiment": "e", "variant": "original", "train_method": "grad", "test_method": "grad",
-        "accuracy": 0.9, "ci_low": 0.8, "ci_high": 0.95, "chance": 0.5, "n_test": 100,
-        "n_primaries": 2,
+        "experiment": "e", "variant": "original", "replicate": 0, "seed": 0, "primaries": "a,b",
+        "train_method": "grad", "test_method": "grad", "accuracy": 0.9, "n_test": 100,
+        "chance": 0.5, "n_primaries": 2, "class_cue": 0.6, "only_secondary": 35, "only_cue": 5,
+        "same_class_accuracy": 0.88, "n_same_class": 50, "same_class_fraction": 0.5,
+        "p_value": 1e-12,
     }  # fmt: skip
     part = tmp_path / "part.csv"
-    pd.DataFrame([row], columns=evaluate.COLUMNS).to_csv(part, index=False)
+    pd.DataFrame([row], columns=evaluate.REPLICATE_COLUMNS).to_csv(part, index=False)
     tables = tmp_path / "tables"
     written = []
     real = evaluate.atomic_output

@@ -65,7 +65,7 @@ def test_new_experiment_reuses_primaries_and_maps(extended, tiny_run):
         "all": 1,
     }
     # Shared by identity: the run left the primaries and map stores exactly as they were.
-    for pattern in ("results/primaries/*/*", "results/saliency/*/*.zarr"):
+    for pattern in ("results/primaries/*/*", "results/saliency/*/*/*.zarr"):
         before = sorted(p.relative_to(tiny_run) for p in tiny_run.glob(pattern))
         after = sorted(p.relative_to(workdir) for p in workdir.glob(pattern))
         assert before == after and before
@@ -108,19 +108,21 @@ def _second_gets_a_variant(cfg: dict) -> None:
 SANITY_SUMMARY = {"combine_sanity_tables": 1, "plot_sanity_curves": 1, "plot_sanity_maps": 1}
 ALL_SANITY_CHECKS = {"sanity_check": 3, **SANITY_SUMMARY}
 
+# The base: two_cnn2 (cnn2 seeds 0, 1; 2 replicates on disjoint primary sets, so cnn2 seeds 2, 3
+# too; grad, smoothgrad, integrated_gradients; variants original and shuffled_per_map),
+# two_cnn2_true_class (cnn2 0, 1; grad; maps of the true class; 1 replicate) and grad_only (the
+# same primaries in the other order; grad; original; 2 replicates on one primary set).
 EVERYTHING_AFTER_PRIMARIES = {
-    "compute_saliency": 6,
-    "train_secondary": 7,
-    "cross_evaluate": 3,
+    "compute_saliency": 14,  # 4 primaries x 3 methods (predicted class) + 2 x grad (true class)
+    "train_secondary": 8,  # one job per (experiment, method, variant), every replicate in it
+    "cross_evaluate": 4,
     "combine_tables": 1,
-    "plot_heatmap": 3,
-    "plot_map_grid": 2,
+    "plot_heatmap": 4,
+    "plot_map_grid": 3,
     "map_diagnostics": 1,
     "all": 1,
 }
 
-# Edit -> exact plan. Base: two_cnn2 (cnn2 seeds 0, 1; grad, smoothgrad, integrated_gradients;
-# variants original and shuffled_per_map) and grad_only (the same primaries; grad; original).
 EDITS = {
     "no-edit": (lambda cfg: None, {}),
     "description": (_edit("experiments.two_cnn2.description", "reworded"), {}),
@@ -128,7 +130,7 @@ EDITS = {
     "smoothgrad-noise": (
         _edit("methods.smoothgrad.noise_level", 0.2),
         {
-            "compute_saliency": 2,
+            "compute_saliency": 4,  # SmoothGrad maps of cnn2 seeds 0-3
             "train_secondary": 2,
             "cross_evaluate": 2,
             "combine_tables": 1,
@@ -140,11 +142,12 @@ EDITS = {
             "all": 1,
         },
     ),
+    # seeds [0, 1, 2] make the primary sets {0, 1, 2} and {3, 4, 5}: cnn2 seeds 4 and 5 are new
     "one-more-seed": (
         _add_seed,
         {
-            "train_primary": 1,
-            "compute_saliency": 3,
+            "train_primary": 2,
+            "compute_saliency": 6,
             "train_secondary": 6,
             "cross_evaluate": 2,
             "combine_tables": 1,
@@ -154,13 +157,42 @@ EDITS = {
             "all": 1,
         },
     ),
-    "secondary-epochs": (
-        _edit("secondary.epochs", 5),
+    # a third replicate: two_cnn2 gets the primary set {4, 5}, grad_only a third seed on the same
+    # primaries; the true-class experiment keeps its own n (1)
+    "one-more-replicate": (
+        _edit("replicates.n", 3),
         {
+            "train_primary": 2,
+            "compute_saliency": 6,
             "train_secondary": 7,
             "cross_evaluate": 3,
             "combine_tables": 1,
             "plot_heatmap": 3,
+            "map_diagnostics": 1,
+            "all": 1,
+        },
+    ),
+    # the true-class experiment explains the predicted class instead: the maps two_cnn2 made
+    # already are reused; the true-class stores leave the diagnostics table
+    "experiment-target": (
+        _edit("experiments.two_cnn2_true_class.target", "predicted"),
+        {
+            "train_secondary": 1,
+            "cross_evaluate": 1,
+            "combine_tables": 1,
+            "plot_heatmap": 1,
+            "plot_map_grid": 1,
+            "map_diagnostics": 1,
+            "all": 1,
+        },
+    ),
+    "secondary-epochs": (
+        _edit("secondary.epochs", 5),
+        {
+            "train_secondary": 8,
+            "cross_evaluate": 4,
+            "combine_tables": 1,
+            "plot_heatmap": 4,
             "all": 1,
         },
     ),
@@ -177,7 +209,7 @@ EDITS = {
     "shuffle-seed": (
         _edit("secondary.shuffle_seed", 1),
         {
-            "train_secondary": 3,
+            "train_secondary": 3,  # two_cnn2's shuffled_per_map secondaries
             "cross_evaluate": 1,
             "combine_tables": 1,
             "plot_heatmap": 1,
@@ -209,16 +241,16 @@ EDITS = {
             "all": 1,
         },
     ),
-    "heatmap-cmap": (_edit("plots.cmap", "plasma"), {"plot_heatmap": 3, "all": 1}),
+    "heatmap-cmap": (_edit("plots.cmap", "plasma"), {"plot_heatmap": 4, "all": 1}),
     "map-cmap": (
         _edit("plots.map_cmap", "gray"),
-        {"plot_map_grid": 2, "plot_sanity_maps": 1, "all": 1},
+        {"plot_map_grid": 3, "plot_sanity_maps": 1, "all": 1},
     ),
     "dpi": (
         _edit("plots.dpi", 72),
         {
-            "plot_heatmap": 3,
-            "plot_map_grid": 2,
+            "plot_heatmap": 4,
+            "plot_map_grid": 3,
             "plot_sanity_curves": 1,
             "plot_sanity_maps": 1,
             "all": 1,
@@ -228,7 +260,7 @@ EDITS = {
     # the random-label copy keeps its own epochs (sanity_checks.random_labels.epochs: 2)
     "primary-epochs": (
         _edit("primary_training.epochs", 4),
-        {"train_primary": 2, **EVERYTHING_AFTER_PRIMARIES, **ALL_SANITY_CHECKS},
+        {"train_primary": 4, **EVERYTHING_AFTER_PRIMARIES, **ALL_SANITY_CHECKS},
     ),
     "sanity-input-shift": (
         _edit("sanity_checks.input_shift", 0.5),

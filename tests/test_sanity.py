@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -190,3 +192,25 @@ def test_sanity_outputs_of_the_workflow(tiny_run):
         assert (results / figure).stat().st_size > 0
     metrics = (results / "sanity/primaries/cnn2-seed0-random_labels/metrics.json").read_text()
     assert '"labels": "permuted (seed 0)"' in metrics
+
+
+def test_sanity_table_states_the_random_label_copy(tiny_run):
+    """The tiny config caps the copy at 2 epochs, short of the 0.99 target: its metrics and the
+    sanity table say what it reached, and that it is not Adebayo et al.'s test."""
+    results = tiny_run / "results"
+    path = results / "sanity/primaries/cnn2-seed0-random_labels/metrics.json"
+    metrics = json.loads(path.read_text())
+    assert metrics["epochs_run"] == metrics["max_epochs"] == len(metrics["history"]) == 2
+    assert metrics["target_train_accuracy"] == 0.99 and metrics["target_reached"] is False
+    table = pd.read_csv(results / "tables/sanity_checks.csv")
+    copies = table[table["test"] == "random_labels"]
+    assert len(copies) == 3  # one row per method, each with the copy's numbers
+    for column, key in [
+        ("copy_train_accuracy", "final_train_accuracy"),
+        ("copy_test_accuracy", "final_test_accuracy"),
+    ]:
+        assert list(copies[column]) == pytest.approx([metrics[key]] * 3, rel=1e-5)
+    assert not copies["copy_target_reached"].any()
+    text = (results / "tables/sanity_checks.md").read_text()
+    assert f"{metrics['final_train_accuracy']:.3f} (not reached)" in text
+    assert "**cnn2-seed0: target not reached.**" in text

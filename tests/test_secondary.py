@@ -46,3 +46,18 @@ def test_split_errors():
         image_disjoint_split(np.arange(10), 1.0, 0)
     with pytest.raises(DataError, match="at least 2 images"):
         image_disjoint_split(np.arange(1), 0.5, 0)
+
+
+def test_validation_split_is_disjoint_from_fitting_and_test_images():
+    from saliency_fingerprints.secondary import validation_split
+
+    ids = np.arange(1000, 1500)
+    train, test = image_disjoint_split(ids, 0.3, seed=0)
+    fit, val = validation_split(train, 0.2, seed=0)
+    assert len(val) == round(len(train) * 0.2) and len(fit) + len(val) == len(train)
+    for a, b in ((fit, val), (fit, test), (val, test)):
+        assert not np.intersect1d(a, b).size
+    assert np.array_equal(np.union1d(fit, val), train)
+    assert np.array_equal(validation_split(train[::-1], 0.2, seed=0)[1], val)
+    with pytest.raises(ConfigError, match="secondary.validation_fraction"):
+        validation_split(train, 0.0, 0)

@@ -11,32 +11,40 @@ from conftest import load_default_config, planned_jobs, run_workflow, tiny_confi
 
 def test_cross_evaluation_table(tiny_run):
     table = pd.read_csv(tiny_run / "results/tables/cross_evaluation.csv")
-    for column in [
-        "experiment",
-        "variant",
-        "train_method",
-        "test_method",
-        "accuracy",
-        "chance",
-        "n_test",
-        "ci_low",
-        "ci_high",
-    ]:
-        assert column in table.columns
+    from saliency_fingerprints.evaluate import COLUMNS
+
+    assert list(table.columns) == COLUMNS
     methods = ["grad", "smoothgrad", "integrated_gradients"]
-    assert len(table) == 2 * len(methods) ** 2  # 2 variants x every (train, test) pair
+    two = table[table.experiment == "two_cnn2"]
+    assert len(two) == 2 * len(methods) ** 2  # 2 variants x every (train, test) pair
     for variant in ("original", "shuffled_per_map"):
-        block = table[table.variant == variant]
+        block = two[two.variant == variant]
         assert set(zip(block.train_method, block.test_method, strict=True)) == {
             (a, b) for a in methods for b in methods
         }
+    assert (two.n_replicates == 2).all()
     assert (table.chance == 0.5).all()
-    assert table.accuracy.between(0, 1).all()
+    assert table.accuracy.between(0, 1).all() and table.class_cue.between(0, 1).all()
     assert (table.ci_low <= table.accuracy).all() and (table.accuracy <= table.ci_high).all()
-    # 240 images, 30% held out, 2 primaries -> 72 test images x 2 maps
+    assert (table.vs_cue_low <= table.vs_cue).all() and (table.vs_cue <= table.vs_cue_high).all()
+    assert np.allclose(table.vs_cue, table.accuracy - table.class_cue)
+    # 240 images, 30% held out, 2 primaries -> 72 test images x 2 maps per replicate
     assert (table.n_test == 144).all()
+    # every primary explains the true label: no class cue, every image a same-class image
+    true_class = table[table.experiment == "two_cnn2_true_class"].iloc[0]
+    assert true_class.same_class_fraction == 1.0 and true_class.n_same_class == 144
+    assert true_class.same_class_accuracy == pytest.approx(true_class.accuracy)
+    assert true_class.class_cue < 0.65
+    replicates = pd.read_csv(tiny_run / "results/tables/cross_evaluation_replicates.csv")
+    assert len(replicates) == 2 * 2 * len(methods) ** 2 + 1
+    assert set(replicates[replicates.experiment == "two_cnn2"].primaries) == {
+        "cnn2-seed0,cnn2-seed1",
+        "cnn2-seed2,cnn2-seed3",
+    }
     markdown = (tiny_run / "results/tables/cross_evaluation.md").read_text()
     assert "two_cnn2 - original" in markdown and "| Grad" in markdown
+    assert "Class cue" in markdown and "same-class images" in markdown
+    assert "2 disjoint primary sets" in markdown and "Primaries (4 in all)" in markdown
 
 
 def test_figures_are_pngs(tiny_run):
@@ -45,7 +53,9 @@ def test_figures_are_pngs(tiny_run):
     assert names == {
         "cross_evaluation/two_cnn2/original.png",
         "cross_evaluation/two_cnn2/shuffled_per_map.png",
+        "cross_evaluation/two_cnn2_true_class/original.png",
         "maps/two_cnn2.png",
+        "maps/two_cnn2_true_class.png",
         "sanity/rank_correlation.png",
         "sanity/maps/cnn2-seed0.png",
     }
@@ -54,7 +64,9 @@ def test_figures_are_pngs(tiny_run):
 
 
 def test_map_store_is_a_labelled_dataset(tiny_run):
-    ds = xr.open_zarr(tiny_run / "results/saliency/smoothgrad/cnn2-seed1.zarr", consolidated=False)
+    ds = xr.open_zarr(
+        tiny_run / "results/saliency/predicted/smoothgrad/cnn2-seed1.zarr", consolidated=False
+    )
     assert ds["maps"].dims == ("sample", "channel", "y", "x")
     assert ds["maps"].shape == (240, 1, 8, 8)
     assert ds["maps"].encoding["chunks"][0] == 64
@@ -73,10 +85,20 @@ def test_map_store_is_a_labelled_dataset(tiny_run):
 def test_primaries_and_secondaries_record_their_training(tiny_run):
     metrics = json.loads((tiny_run / "results/primaries/cnn2-seed0/metrics.json").read_text())
     assert len(metrics["history"]) == 3 and metrics["final_test_accuracy"] > 0.5
+    counts = metrics["test_prediction_counts"]
+    assert sum(counts.values()) == sum(metrics["test_label_counts"].values()) == metrics["n_test"]
     secondary = tiny_run / "results/experiments/two_cnn2/secondaries/grad/original/metrics.json"
     record = json.loads(secondary.read_text())
-    assert record["primaries"] == ["cnn2-seed0", "cnn2-seed1"]
-    assert record["n_train_images"] + record["n_test_images"] == 240
+    assert [r["primaries"] for r in record["replicates"]] == [
+        ["cnn2-seed0", "cnn2-seed1"],
+        ["cnn2-seed2", "cnn2-seed3"],
+    ]
+    for rep in record["replicates"]:
+        images = rep["n_fit_images"] + rep["n_validation_images"] + rep["n_test_images"]
+        assert images == 240 and rep["n_validation_images"] == round(0.2 * 168)
+        best = max(h["validation_accuracy"] for h in rep["history"])
+        assert rep["validation_accuracy"] == best
+        assert all("test_accuracy" not in h for h in rep["history"])  # test maps: never here
 
 
 def test_second_dry_run_has_nothing_to_do(tiny_run):
@@ -88,6 +110,7 @@ def test_default_config_meets_the_issue_targets(tmp_path):
     """The README's main job: own-method accuracy >= 0.90 and per-map shuffling >= 0.20 lower."""
     run_workflow(tmp_path, load_default_config())
     table = pd.read_csv(tmp_path / "results/tables/cross_evaluation.csv")
+    table = table[table.experiment == "two_cnn2"]
     own = table[table.train_method == table.test_method].set_index(["variant", "train_method"])
     for method in ("grad", "smoothgrad", "integrated_gradients"):
         original = own.loc[("original", method), "accuracy"]
