@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 
 from .classcue import class_cue_predict, fit_class_cue, same_class_images
 from .provenance import Provenance, as_attr
-from .replicates import mcnemar_variance, paired_difference, replicate_interval
+from .replicates import format_p, mcnemar_variance, paired_difference, replicate_interval
 from .runtime import describe_device, set_determinism
 from .saliency import SHORT_NAMES, open_maps
 from .secondary import load_mapset, split_ids, to_tensors
@@ -389,6 +389,9 @@ def markdown_report(
                 else "n/a"
             ),
         )
+        parts.append(matrix.to_markdown() + "\n\n")
+        parts.append("Holm-adjusted one-sided p-values, above chance; above the class cue:\n\n")
+        matrix = _matrix_text(block, lambda r: f"{format_p(r.p_holm)}; {format_p(r.p_holm_vs_cue)}")
         parts.append(matrix.to_markdown() + "\n\n")
         if block["n_same_class"].max() > 0:
             parts.append(

@@ -32,16 +32,18 @@ def test_valid_config_plans_the_whole_dag(tmp_path):
     from conftest import planned_jobs
 
     jobs = planned_jobs(tmp_path, tiny_config())
-    # 1 dataset, 2 primaries, 3 methods x 2 primaries, 3 methods x 2 variants, ...
+    # 1 dataset; cnn2 seeds 0-3 (two_cnn2's 2 replicates on disjoint primary sets); 3 methods x
+    # 4 primaries (predicted class) + grad x 2 (true class); one secondary job per (experiment,
+    # method, variant): 3 x 2 + 1; ...
     assert jobs == {
         "prepare_dataset": 1,
-        "train_primary": 2,
-        "compute_saliency": 6,
-        "train_secondary": 6,
-        "cross_evaluate": 2,
+        "train_primary": 4,
+        "compute_saliency": 14,
+        "train_secondary": 7,
+        "cross_evaluate": 3,
         "combine_tables": 1,
-        "plot_heatmap": 2,
-        "plot_map_grid": 1,
+        "plot_heatmap": 3,
+        "plot_map_grid": 2,
         "map_diagnostics": 1,
         "train_random_label_primary": 1,
         "sanity_check": 3,
