@@ -72,6 +72,11 @@ COLUMNS = [
     "above_cue",
     "same_class_accuracy",
     "same_class_sd",
+    "same_class_low",
+    "same_class_high",
+    "p_same_class",
+    "p_holm_same_class",
+    "same_class_above_chance",
     "n_same_class",
     "same_class_fraction",
 ]
@@ -238,6 +243,9 @@ def summarise(replicates: pd.DataFrame) -> pd.DataFrame:
             ],
         )
         same = group["same_class_accuracy"].dropna()
+        # on same-class images the class cue is exactly at chance (it guesses one primary for
+        # all the maps of an image): accuracy there above chance is a fingerprint beyond the cue
+        same_est = replicate_interval(same, group.loc[same.index, "n_same_class"])
         rows.append(
             {
                 **dict(zip(keys, cell, strict=True)),
@@ -258,17 +266,23 @@ def summarise(replicates: pd.DataFrame) -> pd.DataFrame:
                 "p_vs_cue": diff.p_above(0.0),
                 "same_class_accuracy": float(same.mean()) if len(same) else float("nan"),
                 "same_class_sd": float(same.std(ddof=1)) if len(same) > 1 else float("nan"),
+                "same_class_low": same_est.low,
+                "same_class_high": same_est.high,
+                "p_same_class": same_est.p_above(chance),
                 "n_same_class": int(round(group["n_same_class"].mean())),
                 "same_class_fraction": float(group["same_class_fraction"].mean()),
             }
         )
     table = pd.DataFrame(rows)
-    for column, adjusted in (("p_value", "p_holm"), ("p_vs_cue", "p_holm_vs_cue")):
+    adjust = (("p_value", "p_holm"), ("p_vs_cue", "p_holm_vs_cue"))
+    adjust += (("p_same_class", "p_holm_same_class"),)
+    for column, adjusted in adjust:
         table[adjusted] = np.nan
         for _, block in table.groupby(["experiment", "variant"], sort=False):
             table.loc[block.index, adjusted] = holm(block[column].fillna(1.0).tolist())
     table["above_chance"] = table["p_holm"] < SIGNIFICANCE
     table["above_cue"] = table["p_holm_vs_cue"] < SIGNIFICANCE
+    table["same_class_above_chance"] = table["p_holm_same_class"] < SIGNIFICANCE
     return table.reindex(columns=COLUMNS)
 
 
@@ -419,9 +433,13 @@ def _cells(rows: pd.DataFrame) -> str:
 def chance_note(block: pd.DataFrame) -> str:
     """Which cells of a block are not above chance, and which not above the class cue."""
     lines = []
-    for column, what in (("p_holm", "chance"), ("p_holm_vs_cue", "the class cue")):
+    checks = (("p_holm", "chance"), ("p_holm_vs_cue", "the class cue"))
+    checks += (("p_holm_same_class", "chance on same-class images"),)
+    for column, what in checks:
         if column not in block or block[column].isna().all():
             continue
+        if column == "p_holm_same_class":
+            block = block[block["n_same_class"] > 0]
         weak = block[~(block[column] < SIGNIFICANCE)]
         test = f"Holm-adjusted p >= {SIGNIFICANCE}"
         if weak.empty:

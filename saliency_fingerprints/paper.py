@@ -136,6 +136,7 @@ COLUMNS = [
     "vs_cue",
     "above_cue",
     "same_class_accuracy",
+    "same_class_above_chance",
 ]
 OPTIONAL = {
     "n_replicates": "n_replicates",
@@ -145,6 +146,7 @@ OPTIONAL = {
     "vs_cue": "vs_cue",
     "above_cue": "above_cue",
     "same_class_accuracy": "same_class_accuracy",
+    "same_class_above_chance": "same_class_above_chance",
 }
 
 
@@ -261,9 +263,10 @@ def markdown(comparison: pd.DataFrame) -> str:
             " `> chance` and `> cue`: the cell is above chance, and above the class cue (the "
             "best guess of the primary from the class a map explains alone, on the same test "
             "maps), by one-sided tests on that interval, Holm-adjusted per block. `same class`: "
-            "our accuracy on the test images every primary explains as the same class. The paper "
-            "had no such controls: a cell whose `> cue` is `no` is a fingerprint we cannot "
-            "tell from the class cue."
+            "our accuracy on the test images every primary explains as the same class, where "
+            "the class cue is exactly at chance, and whether it is above chance (the same test). "
+            "The paper had no such controls: a fingerprint survives the class cue where `> cue` "
+            "or `same class > chance` is `yes`."
         )
     parts.append("\n")
     for key, block in comparison.groupby("paper_table", sort=False):
@@ -282,7 +285,7 @@ def markdown(comparison: pd.DataFrame) -> str:
         )
         header = "| tested on | trained on | paper | ours | difference | 95% CI | n_test | in CI |"
         if replicated:
-            header += " > chance | class cue | > cue | same class |"
+            header += " > chance | class cue | > cue | same class | same class > chance |"
         parts.append(header + "\n" + "|---" * header.count(" | ") + "|---|\n")
         for _, row in block.iterrows():
             paper = f"{row['paper_relation'] if row['paper_relation'] != '=' else ''}"
@@ -299,7 +302,8 @@ def markdown(comparison: pd.DataFrame) -> str:
                 same = row["same_class_accuracy"]
                 line += (
                     f" {_yes(row['above_chance'])} | {row['class_cue']:.3f} "
-                    f"| {_yes(row['above_cue'])} | {'n/a' if pd.isna(same) else f'{same:.3f}'} |"
+                    f"| {_yes(row['above_cue'])} | {'n/a' if pd.isna(same) else f'{same:.3f}'} "
+                    f"| {'n/a' if pd.isna(same) else _yes(row['same_class_above_chance'])} |"
                 )
             parts.append(line + "\n")
         if len(block) > 1 and key != "shuffled_two_resnets":
