@@ -32,6 +32,7 @@ entry saying so (rebuild it to fill them); nothing is estimated in their place.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ IG_VARIABLES = ("ig_sum", "ig_delta")
 COLUMNS = [
     "method",
     "primary",
+    "target",
     "n_maps",
     "near_empty_fraction",
     "all_zero_fraction",
@@ -144,7 +146,8 @@ def store_diagnostics(
     if n == 0:
         raise DataError(f"{path}: holds no maps")
     row = dict.fromkeys(COLUMNS, float("nan"))
-    row.update(method=method, primary=primary, n_maps=n, notes="")
+    target = json.loads(ds.attrs.get("provenance", "{}")).get("config", {}).get("target", "")
+    row.update(method=method, primary=primary, target=target, n_maps=n, notes="")
     row["all_zero_fraction"] = float(all_zero.mean())
     notes = []
     if method == MP:

@@ -440,6 +440,8 @@ def chance_note(block: pd.DataFrame) -> str:
             continue
         if column == "p_holm_same_class":
             block = block[block["n_same_class"] > 0]
+            if block.empty:  # no image that every primary explains as the same class
+                continue
         weak = block[~(block[column] < SIGNIFICANCE)]
         test = f"Holm-adjusted p >= {SIGNIFICANCE}"
         if weak.empty:
