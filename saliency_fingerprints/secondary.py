@@ -79,12 +79,7 @@ def image_disjoint_split(
     """Seeded split of *source images* into secondary-train and secondary-test ids (sorted)."""
     if not 0 < test_fraction < 1:
         raise ConfigError(f"secondary.test_fraction must be in (0, 1), got {test_fraction}")
-    ids = np.unique(np.asarray(sample_ids))
-    if len(ids) < 2:
-        raise DataError(f"need maps of at least 2 images to split, got {len(ids)}")
-    order = np.random.default_rng([seed, 0x5EC0]).permutation(ids)
-    n_test = min(len(ids) - 1, max(1, round(len(ids) * test_fraction)))
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+    return _split(sample_ids, test_fraction, [seed, 0x5EC0], "maps of at least 2 images to split")
 
 
 def validation_split(
@@ -96,12 +91,23 @@ def validation_split(
         raise ConfigError(
             f"secondary.validation_fraction must be in (0, 1), got {validation_fraction}"
         )
-    ids = np.unique(np.asarray(train_ids))
+    return _split(
+        train_ids,
+        validation_fraction,
+        [seed, 0x7A11D],
+        "at least 2 training images to hold some out",
+    )
+
+
+def _split(ids, fraction: float, key: list[int], need: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held out)``: a seeded ``fraction`` of the unique ``ids`` held out (at least one,
+    never all), both sorted."""
+    ids = np.unique(np.asarray(ids))
     if len(ids) < 2:
-        raise DataError(f"need at least 2 training images to hold some out, got {len(ids)}")
-    order = np.random.default_rng([seed, 0x7A11D]).permutation(ids)
-    n_val = min(len(ids) - 1, max(1, round(len(ids) * validation_fraction)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+        raise DataError(f"need {need}, got {len(ids)}")
+    order = np.random.default_rng(key).permutation(ids)
+    n_out = min(len(ids) - 1, max(1, round(len(ids) * fraction)))
+    return np.sort(order[n_out:]), np.sort(order[:n_out])
 
 
 @dataclass
