@@ -161,11 +161,14 @@ def cross_evaluate(
     )
     set_determinism(int(cfg["seed"]), threads)
     rows = []
+    loaded: dict[tuple, dict] = {}  # replicates on the same primaries share their test maps
     for rep in replicates:
         primaries = rep["primaries"]
         chance = 1.0 / len(primaries)
-        scored = {}
+        scored = loaded.setdefault(tuple(primaries), {})
         for test_method, paths in rep["maps"].items():
+            if test_method in scored:
+                continue
             train_ids, test_ids = split_ids(paths, cfg)
             test = load_mapset(paths, primaries, test_ids, cfg, variant)
             train_targets, train_labels = load_targets(paths, primaries, train_ids)
