@@ -256,15 +256,14 @@ def train_secondary(
         describe_device(device),
     )
     settings = TrainSettings.from_config(cfg, f"experiments.{experiment}.secondary")
-    models, records, shape = {}, [], None
+    models, records = {}, []
     for rep in replicates:
         model, record = _train_replicate(
             rep, experiment, method, variant, cfg, settings, device, threads
         )
         models[f"rep{rep['replicate']}"] = model
         records.append(record)
-        shape = record.pop("_shape")
-    channels, size = shape
+    channels, size = records[0]["map_shape"]
     n_primaries = len(replicates[0]["primaries"])
     save_model(models, weights_out, cfg["architecture"], channels, size, n_primaries)
     metrics = {
@@ -341,6 +340,6 @@ def _train_replicate(
         "epochs_run": len(history),
         "selected_epoch": kept,
         "validation_accuracy": history[kept - 1]["validation_accuracy"],
+        "map_shape": [channels, size],  # the secondary's input: channels, side
         "history": history,
-        "_shape": (channels, size),
     }
