@@ -13,8 +13,9 @@ from .errors import ConfigError
 from .models import build_model
 from .provenance import Provenance
 from .runtime import describe_device, set_determinism
+from .stacked import train_models
 from .store import write_json
-from .training import TrainSettings, predict, save_model, train_classifier
+from .training import TrainSettings, predict, save_model
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,15 @@ def train_primary(
     )
     train_idx = torch.from_numpy(train_ids).to(device)
     test_idx = torch.from_numpy(test_ids).to(device)
-    history = train_classifier(
-        model,
-        (images[train_idx], labels[train_idx]),
-        (images[test_idx], labels[test_idx]),
+    (history,) = train_models(
+        [model],
+        [(images[train_idx], labels[train_idx])],
         settings,
-        seed,
-        name,
+        [seed],
+        [name],
+        tests=[(images[test_idx], labels[test_idx])],
         stop_at_train_accuracy=stop_at_train_accuracy,
+        threads=threads,
     )
     save_model(model, weights_out, architecture, info.channels, info.image_size, len(info.classes))
     predicted = predict(model, images[test_idx]).cpu().numpy()

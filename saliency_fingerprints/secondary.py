@@ -35,8 +35,9 @@ from .provenance import Provenance
 from .runtime import describe_device, set_determinism
 from .saliency import open_maps
 from .shuffle import apply_variant
+from .stacked import train_models
 from .store import chunk_ranges, one_line, write_json
-from .training import TrainSettings, save_model, select_epoch, train_classifier
+from .training import TrainSettings, save_model, select_epoch
 
 log = logging.getLogger(__name__)
 
@@ -256,13 +257,35 @@ def train_secondary(
         describe_device(device),
     )
     settings = TrainSettings.from_config(cfg, f"experiments.{experiment}.secondary")
-    models, records = {}, []
-    for rep in replicates:
-        model, record = _train_replicate(
-            rep, experiment, method, variant, cfg, settings, device, threads
+    prepared = [
+        _prepare_replicate(rep, experiment, method, variant, cfg, device, threads)
+        for rep in replicates
+    ]
+    histories = train_models(
+        [p.model for p in prepared],
+        [p.fit for p in prepared],
+        settings,
+        [p.seed for p in prepared],
+        [p.name for p in prepared],
+        validations=[p.validation for p in prepared],
+        patience=cfg.get("patience"),
+        full_train_accuracy=False,
+        threads=threads,
+    )
+    models = {f"rep{p.record['replicate']}": p.model for p in prepared}
+    records = []
+    for p, history in zip(prepared, histories, strict=True):
+        kept = select_epoch(history)
+        records.append(
+            {
+                **p.record,
+                "epochs_run": len(history),
+                "selected_epoch": kept,
+                "validation_accuracy": history[kept - 1]["validation_accuracy"],
+                "map_shape": p.map_shape,  # the secondary's input: channels, side
+                "history": history,
+            }
         )
-        models[f"rep{rep['replicate']}"] = model
-        records.append(record)
     channels, size = records[0]["map_shape"]
     n_primaries = len(replicates[0]["primaries"])
     save_model(models, weights_out, cfg["architecture"], channels, size, n_primaries)
@@ -277,16 +300,28 @@ def train_secondary(
     return metrics
 
 
-def _train_replicate(
+@dataclass
+class _Replicate:
+    """One replicate ready to train: its model (initialised with its seed) and its maps."""
+
+    name: str
+    seed: int
+    model: torch.nn.Module
+    fit: tuple[torch.Tensor, torch.Tensor]
+    validation: tuple[torch.Tensor, torch.Tensor]
+    map_shape: list[int]
+    record: dict
+
+
+def _prepare_replicate(
     rep: dict,
     experiment: str,
     method: str,
     variant: str,
     cfg: dict,
-    settings: TrainSettings,
     device: torch.device,
     threads: int | None,
-) -> tuple[torch.nn.Module, dict]:
+) -> _Replicate:
     primaries, map_paths, seed = rep["primaries"], rep["maps"], int(rep["seed"])
     if len(primaries) < 2:
         raise ConfigError(f"experiments.{experiment}: needs at least 2 primaries to tell apart")
@@ -303,7 +338,6 @@ def _train_replicate(
         model = build_model(cfg["architecture"], channels, size, len(primaries))
     except ConfigError as err:
         raise ConfigError(f"experiments.{experiment}.secondary.architecture: {err}") from None
-    model = model.to(device)
     name = f"{experiment}/{method}/{variant}/rep{rep['replicate']}"
     log.info(
         "%s: %d fitting maps, %d validation maps (%d test images held out), primaries %s, "
@@ -316,30 +350,21 @@ def _train_replicate(
         seed,
         describe_device(device),
     )
-    history = train_classifier(
-        model,
-        to_tensors(fit, device),
-        None,
-        settings,
-        seed,
-        name,
+    return _Replicate(
+        name=name,
+        seed=seed,
+        model=model.to(device),
+        fit=to_tensors(fit, device),
         validation=to_tensors(val, device),
-        patience=cfg.get("patience"),
-        full_train_accuracy=False,
+        map_shape=[channels, size],
+        record={
+            "replicate": rep["replicate"],
+            "seed": seed,
+            "primaries": primaries,
+            "n_fit": len(fit.y),
+            "n_validation": len(val.y),
+            "n_fit_images": len(fit_ids),
+            "n_validation_images": len(val_ids),
+            "n_test_images": len(test_ids),
+        },
     )
-    kept = select_epoch(history)
-    return model, {
-        "replicate": rep["replicate"],
-        "seed": seed,
-        "primaries": primaries,
-        "n_fit": len(fit.y),
-        "n_validation": len(val.y),
-        "n_fit_images": len(fit_ids),
-        "n_validation_images": len(val_ids),
-        "n_test_images": len(test_ids),
-        "epochs_run": len(history),
-        "selected_epoch": kept,
-        "validation_accuracy": history[kept - 1]["validation_accuracy"],
-        "map_shape": [channels, size],  # the secondary's input: channels, side
-        "history": history,
-    }

@@ -14,6 +14,11 @@ Opt-in speed options (config keys of ``primary_training`` and ``secondary``, all
 * ``autocast: bf16``: bfloat16 autocast of the forward pass (changes results at the 1e-2 level;
   on CPUs without bf16 instructions it is slower, not faster).
 
+``engine`` picks the training loop: ``plain`` (this module, one model at a time), ``stacked``
+(:mod:`~saliency_fingerprints.stacked`: the models of one job as one vmapped stack, the step a
+CUDA graph on GPUs; each model trained as if alone, up to float rounding) or ``auto`` (stacked on
+CUDA devices, plain on CPUs).
+
 BENCHMARKS.md records what each option does to images/s.
 """
 
@@ -49,6 +54,7 @@ class TrainSettings:
     channels_last: bool = False
     tf32: bool = False
     autocast: str = "none"
+    engine: str = "auto"
 
     @classmethod
     def from_config(cls, cfg: dict, key: str) -> TrainSettings:
@@ -61,6 +67,7 @@ class TrainSettings:
             channels_last=bool(cfg.get("channels_last", False)),
             tf32=bool(cfg.get("tf32", False)),
             autocast=str(cfg.get("autocast", "none")),
+            engine=str(cfg.get("engine", "auto")),
         )
         for name in ("epochs", "batch_size"):
             if getattr(settings, name) < 1:
@@ -74,9 +81,19 @@ class TrainSettings:
                 f"{key}.autocast must be one of {sorted(AUTOCAST_DTYPES)}, "
                 f"got {settings.autocast!r}"
             )
+        if settings.engine not in ENGINES:
+            raise ConfigError(
+                f"{key}.engine must be one of {list(ENGINES)}, got {settings.engine!r}"
+            )
         return settings
 
+    def stacked_on(self, device: torch.device) -> bool:
+        """Whether the stacked engine (saliency_fingerprints/stacked.py) trains on ``device``:
+        ``auto`` takes it on CUDA devices, the plain loop on CPUs."""
+        return self.engine == "stacked" or (self.engine == "auto" and device.type == "cuda")
 
+
+ENGINES = ("auto", "plain", "stacked")
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
 
 
@@ -167,6 +184,57 @@ def train_classifier(
         )
 
 
+def make_optimizer(params, settings: TrainSettings, capturable: bool = False):
+    """Adam, or SGD with momentum 0.9 (both elementwise: stacked models step as if alone).
+    ``capturable``: Adam's step count on the device, as CUDA-graph capture needs."""
+    if settings.optimizer == "adam":
+        extra = {"capturable": True} if capturable else {}
+        return torch.optim.Adam(
+            params, lr=settings.learning_rate, weight_decay=settings.weight_decay, **extra
+        )
+    return torch.optim.SGD(
+        params, lr=settings.learning_rate, momentum=0.9, weight_decay=settings.weight_decay
+    )
+
+
+def epoch_record(
+    epoch: int,
+    loss: float,
+    train_accuracy: float,
+    name: str,
+    *,
+    running: bool = True,
+    validation: tuple[float, float] | None = None,
+    test: float | None = None,
+) -> dict:
+    """One epoch's history entry; a non-finite loss stops training with a clear error."""
+    if not np.isfinite(loss):
+        raise DataError(f"{name}: training diverged (loss is {loss}) at epoch {epoch}")
+    record = {"epoch": epoch, "loss": loss, "train_accuracy": train_accuracy}
+    if running:
+        record["train_accuracy_kind"] = "running"
+    if validation is not None:
+        record["validation_accuracy"], record["validation_loss"] = validation
+    if test is not None:
+        record["test_accuracy"] = test
+    return record
+
+
+def log_epoch(name: str, record: dict, epochs: int) -> None:
+    log.info(
+        "%s epoch %d/%d  loss %.4f  %s",
+        name,
+        record["epoch"],
+        epochs,
+        record["loss"],
+        "  ".join(
+            f"{key.replace('_accuracy', ' acc')} {record[key]:.4f}"
+            for key in ("train_accuracy", "validation_accuracy", "test_accuracy")
+            if key in record
+        ),
+    )
+
+
 def select_epoch(history: list[dict]) -> int:
     """The epoch a validated training keeps: highest validation accuracy, the earliest on ties."""
     best = max(history, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
@@ -210,15 +278,7 @@ def _train(
     if validation is not None:
         validation = (_layout(validation[0], settings.channels_last), validation[1])
     dtype = AUTOCAST_DTYPES[settings.autocast]
-    params = model.parameters()
-    if settings.optimizer == "adam":
-        opt = torch.optim.Adam(
-            params, lr=settings.learning_rate, weight_decay=settings.weight_decay
-        )
-    else:
-        opt = torch.optim.SGD(
-            params, lr=settings.learning_rate, momentum=0.9, weight_decay=settings.weight_decay
-        )
+    opt = make_optimizer(model.parameters(), settings)
     loss_fn = nn.CrossEntropyLoss()
     history = []
     best_state, best_accuracy, since_best = None, -1.0, 0
@@ -238,36 +298,17 @@ def _train(
             opt.step()
             total += loss.detach().double() * len(idx)  # stays on the device: no sync per step
             hits += (logits.detach().argmax(1) == y_train[idx]).sum()
-        record = {
-            "epoch": epoch,
-            "loss": float(total) / n,
-            "train_accuracy": (
-                accuracy(model, x_train, y_train) if full_train_accuracy else float(hits) / n
-            ),
-        }
-        if not full_train_accuracy:
-            record["train_accuracy_kind"] = "running"
-        if validation is not None:
-            record["validation_accuracy"], record["validation_loss"] = _evaluate(model, *validation)
-        if test is not None:
-            record["test_accuracy"] = accuracy(model, *test)
-        if not np.isfinite(record["loss"]):
-            raise DataError(
-                f"{name}: training diverged (loss is {record['loss']}) at epoch {epoch}"
-            )
-        history.append(record)
-        log.info(
-            "%s epoch %d/%d  loss %.4f  %s",
-            name,
+        record = epoch_record(
             epoch,
-            settings.epochs,
-            record["loss"],
-            "  ".join(
-                f"{key.replace('_accuracy', ' acc')} {record[key]:.4f}"
-                for key in ("train_accuracy", "validation_accuracy", "test_accuracy")
-                if key in record
-            ),
+            float(total) / n,
+            accuracy(model, x_train, y_train) if full_train_accuracy else float(hits) / n,
+            name,
+            running=not full_train_accuracy,
+            validation=None if validation is None else _evaluate(model, *validation),
+            test=None if test is None else accuracy(model, *test),
         )
+        history.append(record)
+        log_epoch(name, record, settings.epochs)
         reached = stop_at_train_accuracy is not None
         if reached and record["train_accuracy"] >= stop_at_train_accuracy:
             log.info("%s: train accuracy target %g reached", name, stop_at_train_accuracy)

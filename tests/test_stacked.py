@@ -1,0 +1,142 @@
+"""Stacked training trains every model exactly as if alone (up to float rounding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saliency_fingerprints.errors import DataError
+from saliency_fingerprints.models import build_model
+from saliency_fingerprints.stacked import stack_reason, train_models, train_stacked
+from saliency_fingerprints.training import TrainSettings, train_classifier
+
+
+def _data(seed: int, n: int, channels: int = 1, size: int = 8, classes: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.rand(n, channels, size, size, generator=g) + y.view(-1, 1, 1, 1) * 0.3
+    return x, y
+
+
+def _models(architecture: str, seeds: list[int], channels: int = 1, size: int = 8):
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(build_model(architecture, channels, size, 3))
+    return models
+
+
+def _alone(architecture, seeds, trains, settings, **options):
+    histories, models = [], _models(architecture, seeds)
+    for model, seed, train, validation in zip(
+        models, seeds, trains, options.pop("validations", [None] * len(seeds)), strict=True
+    ):
+        histories.append(
+            train_classifier(
+                model, train, None, settings, seed, f"alone{seed}", validation=validation,
+                **options,
+            )
+        )
+    return models, histories
+
+
+def _assert_same(models_a, histories_a, models_b, histories_b, atol=1e-5):
+    for a, b, ha, hb in zip(models_a, models_b, histories_a, histories_b, strict=True):
+        assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]
+        for ra, rb in zip(ha, hb, strict=True):
+            assert ra.keys() == rb.keys()
+            for key in ra:
+                assert ra[key] == pytest.approx(rb[key], abs=atol), key
+        for key, value in a.state_dict().items():
+            torch.testing.assert_close(value, b.state_dict()[key], atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "optimizer"), [("cnn2", "sgd"), ("minicnn", "adam"), ("miniresnet", "adam")]
+)
+def test_stacked_equals_alone(architecture, optimizer):
+    seeds = [3, 4, 5]
+    trains = [_data(s, 40) for s in seeds]
+    settings = TrainSettings(
+        epochs=3, batch_size=16, learning_rate=1e-3, optimizer=optimizer, weight_decay=1e-4
+    )
+    alone, h_alone = _alone(architecture, seeds, trains, settings, full_train_accuracy=False)
+    stacked = _models(architecture, seeds)
+    h_stacked = train_stacked(stacked, trains, settings, seeds, [f"s{s}" for s in seeds])
+    _assert_same(alone, h_alone, stacked, h_stacked)
+
+
+def test_stacked_early_stopping_per_model():
+    """Each model keeps its own best validation epoch and stops on its own patience, while the
+    others train on."""
+    seeds = [0, 1, 2, 3]
+    trains = [_data(10 + s, 48) for s in seeds]
+    validations = [_data(20 + s, 24) for s in seeds]
+    settings = TrainSettings(epochs=8, batch_size=16, learning_rate=3e-3)
+    options = {"patience": 2, "full_train_accuracy": False}
+    alone, h_alone = _alone(
+        "cnn2", seeds, trains, settings, validations=validations, **options
+    )
+    stacked = _models("cnn2", seeds)
+    h_stacked = train_stacked(
+        stacked, trains, settings, seeds, [f"s{s}" for s in seeds], validations=validations,
+        patience=2,
+    )
+    _assert_same(alone, h_alone, stacked, h_stacked)
+    assert len({len(h) for h in h_alone}) > 1, "the test needs models stopping at different epochs"
+
+
+def test_stacked_train_accuracy_target_and_full_accuracy():
+    seeds = [7, 8]
+    trains = [_data(30 + s, 32) for s in seeds]
+    settings = TrainSettings(epochs=10, batch_size=8, learning_rate=3e-3)
+    options = {"stop_at_train_accuracy": 0.8, "full_train_accuracy": True}
+    alone, h_alone = _alone("cnn2", seeds, trains, settings, **options)
+    stacked = _models("cnn2", seeds)
+    h_stacked = train_stacked(stacked, trains, settings, seeds, ["a", "b"], **options)
+    _assert_same(alone, h_alone, stacked, h_stacked)
+
+
+def test_train_models_engines_agree_and_record_tests():
+    """``engine: stacked`` and ``engine: plain`` give the same models and histories (test
+    accuracy included); ``auto`` on a CPU is the plain loop, bit for bit."""
+    seeds = [1, 2]
+    trains = [_data(40 + s, 24) for s in seeds]
+    tests = [_data(50 + s, 12) for s in seeds]
+    results = {}
+    for engine in ("plain", "stacked", "auto"):
+        settings = TrainSettings(epochs=2, batch_size=8, learning_rate=1e-3, engine=engine)
+        models = _models("cnn2", seeds)
+        histories = train_models(models, trains, settings, seeds, ["a", "b"], tests=tests)
+        assert all("test_accuracy" in r for h in histories for r in h)
+        results[engine] = (models, histories)
+    _assert_same(*results["plain"], *results["stacked"])
+    for a, b in zip(results["plain"][0], results["auto"][0], strict=True):
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[key])
+
+
+def test_stack_refuses_mixed_models_and_sizes():
+    models = _models("cnn2", [0]) + _models("minicnn", [1])
+    trains = [_data(0, 8), _data(1, 8)]
+    assert "architecture" in stack_reason(models, trains)
+    assert "batch norm" in stack_reason(_models("minicnn_bn", [0, 1]), [_data(0, 8)] * 2)
+    assert "size" in stack_reason(_models("cnn2", [0, 1]), [_data(0, 8), _data(1, 9)])
+    with pytest.raises(DataError, match="cannot train as one stack"):
+        train_stacked(models, trains, TrainSettings(1, 4, 1e-3), [0, 1], ["a", "b"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_graphed_stack_equals_alone_on_cuda():
+    device = torch.device("cuda")
+    seeds = [0, 1, 2]
+    trains = [tuple(t.to(device) for t in _data(s, 200)) for s in seeds]
+    settings = TrainSettings(epochs=3, batch_size=32, learning_rate=1e-3)
+    alone = [m.to(device) for m in _models("minicnn", seeds)]
+    h_alone = [
+        train_classifier(m, t, None, settings, s, "alone", full_train_accuracy=False)
+        for m, t, s in zip(alone, trains, seeds, strict=True)
+    ]
+    stacked = [m.to(device) for m in _models("minicnn", seeds)]
+    h_stacked = train_stacked(stacked, trains, settings, seeds, ["a", "b", "c"])
+    _assert_same(alone, h_alone, stacked, h_stacked, atol=1e-3)
