@@ -120,6 +120,25 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
     return merged
 
 
+def canonical(value):
+    """``value`` with the keys of every mapping in it sorted, recursively: the form of a rule's
+    ``params`` entry. Lists and tuples keep their order, which is meaningful there.
+
+    Snakemake reruns a job when a params entry's ``repr`` differs from the one it recorded for the
+    job's outputs (``--rerun-triggers params``; ``Persistence._serialize_param`` in
+    snakemake/persistence.py), and a dict's ``repr`` lists its keys in insertion order: the same
+    config with its keys in another order (``yaml.safe_dump`` sorts them) would rerun every job.
+    Jobs see the same sorted dicts, so what they compute cannot depend on that order either."""
+    if isinstance(value, Mapping):
+        keys = sorted(value, key=lambda k: (str(k), type(k).__name__))
+        return {k: canonical(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(canonical(v) for v in value)
+    return value
+
+
 def primary_name(architecture: str, seed: int) -> str:
     """The name of a primary in paths and in the ``primary`` coordinate of map stores."""
     return f"{architecture}-seed{seed}"
@@ -187,12 +206,22 @@ def check_experiments(config: Mapping) -> None:
                 f"experiments.{name}.primaries: {', '.join(twice)} listed more than once; "
                 "expected each (architecture, seed) once"
             )
-        for method in experiment["methods"]:
-            if method not in config["methods"]:
-                raise ConfigError(
-                    f"experiments.{name}.methods names {method!r} but methods.{method} is "
-                    f"missing; expected a methods.{method} block (use {{}} for the defaults)"
-                )
+        check_method_names(config, experiment["methods"], f"experiments.{name}.methods")
+
+
+def check_method_names(config: Mapping, methods: Iterable[str], key: str) -> None:
+    """Every name in ``methods`` (the list at ``key``) must be a known saliency method.
+
+    Known = the blocks of ``config["methods"]`` after validation: the schema has one block, with
+    its defaults, for every registered method (saliency_fingerprints/saliency/; a test keeps the
+    two equal), and validation fills in the blocks a config leaves out. Checked here rather than
+    by importing the registry, which would load torch while Snakemake parses the workflow."""
+    known = sorted(config.get("methods") or {})
+    for index, method in enumerate(methods):
+        if method not in known:
+            raise ConfigError(
+                f"{key}[{index}]: got {method!r}; expected one of: {', '.join(known)}"
+            )
 
 
 def sanity_primaries(config: Mapping) -> list[tuple[str, int]]:
@@ -201,14 +230,9 @@ def sanity_primaries(config: Mapping) -> list[tuple[str, int]]:
 
 
 def check_sanity_checks(config: Mapping) -> None:
-    """The sanity checks' methods must have their parameters in ``methods``."""
+    """The sanity checks' methods must be known (:func:`check_method_names`)."""
     block = config.get("sanity_checks") or {}
-    for method in block.get("methods", []):
-        if method not in config["methods"]:
-            raise ConfigError(
-                f"sanity_checks.methods names {method!r} but methods.{method} is missing; "
-                f"expected a methods.{method} block (use {{}} for the defaults)"
-            )
+    check_method_names(config, block.get("methods", []), "sanity_checks.methods")
     pairs = sanity_primaries(config)
     twice = sorted({primary_name(a, s) for a, s in pairs if pairs.count((a, s)) > 1})
     if twice:

@@ -162,6 +162,37 @@ def minicnn_bn(in_channels: int, image_size: int, num_classes: int) -> nn.Module
     return MiniNet(in_channels, image_size, num_classes, residual=False, norm=True)
 
 
+def last_feature_layer(model: nn.Module, image: torch.Tensor) -> nn.Module | None:
+    """The module whose output is the model's last convolutional feature map: the last
+    ``nn.ReLU`` executed in a forward pass of ``image`` (one ``(1, C, H, W)`` image) whose output
+    is 4-D, else the last ``nn.Conv2d`` executed; None if there is neither. ``cnn2``: ``relu2``;
+    ``minicnn``, ``minicnn_bn``, ``miniresnet``: ``blocks[3].relu2`` (before global average
+    pooling). Found with forward hooks, so the order is that of execution, not registration, and
+    wrapped models work too. Grad-CAM explains this layer; input-agnostic maps weight by it."""
+    seen: list[tuple[nn.Module, int]] = []
+
+    def record(module: nn.Module, args, out) -> None:
+        if isinstance(out, torch.Tensor):
+            seen.append((module, out.dim()))
+
+    hooks = [
+        module.register_forward_hook(record)
+        for module in model.modules()
+        if isinstance(module, (nn.ReLU, nn.Conv2d))
+    ]
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for kind in (nn.ReLU, nn.Conv2d):
+        found = [module for module, dims in seen if isinstance(module, kind) and dims == 4]
+        if found:
+            return found[-1]
+    return None
+
+
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     """Build a registered architecture, with a clear error for unknown names and bad sizes."""
     if name not in ARCHITECTURES:

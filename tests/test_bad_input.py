@@ -78,8 +78,11 @@ def two_cnn2(cfg: dict) -> dict:
 
 CONFIG_CASES = {
     "unknown-method": (
-        lambda c: two_cnn2(c)["methods"].append("gradcam"),
-        ["experiments.two_cnn2.methods[3]: got 'gradcam'", "expected one of: grad, smoothgrad"],
+        lambda c: two_cnn2(c)["methods"].append("lime"),
+        [
+            "experiments.two_cnn2.methods[3]: got 'lime'",
+            "expected one of: deeplift, grad, gradcam, guided_backprop",
+        ],
     ),
     "unknown-architecture": (
         lambda c: two_cnn2(c)["primaries"][0].update(architecture="vgg16"),
@@ -144,9 +147,9 @@ CONFIG_CASES = {
         lambda c: two_cnn2(c).update(variants=["original", "shuffled"]),
         ["experiments.two_cnn2.variants[1]: got 'shuffled'", "shuffled_per_map"],
     ),
-    "missing-method-block": (
-        lambda c: c["methods"].pop("integrated_gradients"),
-        ["experiments.two_cnn2.methods names 'integrated_gradients'", "methods.integrated_grad"],
+    "unknown-sanity-method": (
+        lambda c: c["sanity_checks"]["methods"].append("occlusion"),
+        ["sanity_checks.methods[3]: got 'occlusion'", "expected one of: deeplift, grad"],
     ),
     "missing-required-key": (
         lambda c: c["primary_training"].pop("learning_rate"),
@@ -312,8 +315,8 @@ def test_image_size_the_architecture_cannot_take(tmp_path):
 
 def test_unknown_names_in_the_library():
     model = build_model("cnn2", 1, 8, 10)
-    with pytest.raises(ConfigError, match=r"saliency method 'gradcam' is unknown; expected"):
-        build_method("gradcam", model, {}, 64)
+    with pytest.raises(ConfigError, match=r"saliency method 'lime' is unknown; expected"):
+        build_method("lime", model, {}, 64)
     with pytest.raises(ConfigError, match=r"architecture 'vgg16' is unknown; expected one of"):
         build_model("vgg16", 1, 8, 10)
     with pytest.raises(ConfigError, match=r"methods.smoothgrad: .*unexpected keyword.*sigma"):

@@ -18,7 +18,7 @@ def dry_run_error(tmp_path, cfg) -> str:
         (lambda c: c["saliency"].update(pass_size="big"), "pass_size"),
         (lambda c: c["methods"]["smoothgrad"].update(n_samples=-1), "n_samples"),
         (lambda c: c["saliency"].update(target="random"), "target"),
-        (lambda c: c["experiments"]["two_cnn2"].update(methods=["gradcam"]), "gradcam"),
+        (lambda c: c["experiments"]["two_cnn2"].update(methods=["lime"]), "lime"),
     ],
     ids=["unknown-nested-key", "unknown-top-key", "wrong-type", "negative", "enum", "method"],
 )

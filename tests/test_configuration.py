@@ -119,8 +119,8 @@ def experiments_config(primaries, methods=("grad",)) -> dict:
             "experiments.x.primaries: cnn2-seed0 listed more than once",
         ),
         (
-            experiments_config([{"architecture": "cnn2", "seeds": [0, 1]}], ["grad", "gradcam"]),
-            "experiments.x.methods names 'gradcam' but methods.gradcam is missing",
+            experiments_config([{"architecture": "cnn2", "seeds": [0, 1]}], ["grad", "lime"]),
+            r"experiments.x.methods\[1\]: got 'lime'; expected one of: grad$",
         ),
     ],
     ids=["one-primary", "twice", "unknown-method"],

@@ -14,7 +14,6 @@ import torch
 import xarray as xr
 from torch import nn
 
-from saliency_fingerprints import saliency as saliency_module
 from saliency_fingerprints.diagnostics import (
     COLUMNS,
     completeness_ratio,
@@ -25,14 +24,15 @@ from saliency_fingerprints.diagnostics import (
 from saliency_fingerprints.errors import ConfigError
 from saliency_fingerprints.evaluate import provenance_path
 from saliency_fingerprints.models import build_model
-from saliency_fingerprints.perturbation import MeaningfulPerturbation
 from saliency_fingerprints.saliency import (
     Gradient,
     IntegratedGradients,
+    MeaningfulPerturbation,
     build_method,
     compute_saliency_maps,
     open_maps,
 )
+from saliency_fingerprints.saliency import job as saliency_job
 from saliency_fingerprints.store import ChunkedMapWriter, write_dataset
 from saliency_fingerprints.training import load_model, save_model
 
@@ -219,7 +219,7 @@ class Interrupt(Exception):
 
 def test_resumed_mp_store_holds_every_maps_score_and_area(primary, tmp_path, monkeypatch):
     reference = compute(primary, tmp_path / "reference.zarr", "meaningful_perturbation", MP_PARAMS)
-    real = saliency_module.build_method
+    real = saliency_job.build_method
     calls: list[int] = []
 
     def build(*args, **kwargs):
@@ -236,7 +236,7 @@ def test_resumed_mp_store_holds_every_maps_score_and_area(primary, tmp_path, mon
         return engine
 
     out = tmp_path / "mp.zarr"
-    monkeypatch.setattr(saliency_module, "build_method", build)
+    monkeypatch.setattr(saliency_job, "build_method", build)
     with pytest.raises(Interrupt):
         compute(primary, out, "meaningful_perturbation", MP_PARAMS)
     monkeypatch.undo()

@@ -20,7 +20,6 @@ import pytest
 import torch
 import xarray as xr
 
-from saliency_fingerprints import saliency as saliency_module
 from saliency_fingerprints.errors import ConfigError
 from saliency_fingerprints.models import build_model
 from saliency_fingerprints.saliency import (
@@ -33,6 +32,7 @@ from saliency_fingerprints.saliency import (
     input_gradients,
     keyed_normal,
     open_maps,
+    passes,
     resolve_pass_size,
     tune_pass_size,
 )
@@ -85,33 +85,31 @@ def test_candidates_are_multiples_of_16_within_a_memory_budget():
 
 
 def test_tune_pass_size_measures_caches_and_respects_max_rows(monkeypatch):
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
     model = frozen()
     calls = []
-    real = saliency_module.pass_throughput
+    real = passes.pass_throughput
 
     def counting(model, rows, **kwargs):
         calls.append(rows.shape[0])
         return real(model, rows, **kwargs)
 
-    monkeypatch.setattr(saliency_module, "pass_throughput", counting)
+    monkeypatch.setattr(passes, "pass_throughput", counting)
     chosen = tune_pass_size(model, (1, 8, 8), CPU, max_rows=512, min_time=0.01, rounds=1)
     assert chosen in (16, 32, 64)
     assert sorted(set(calls)) == [16, 32, 64]  # no size that gives fewer than 8 passes
     n_calls = len(calls)
     assert tune_pass_size(model, (1, 8, 8), CPU, max_rows=512) == chosen  # cached
     assert len(calls) == n_calls
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
 
 
 def test_tune_pass_size_prefers_the_smallest_of_equally_fast_sizes(monkeypatch):
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
     rates = {16: 100.0, 32: 199.0, 64: 200.0, 128: 150.0}
-    monkeypatch.setattr(
-        saliency_module, "pass_throughput", lambda model, rows, **kw: rates[rows.shape[0]]
-    )
+    monkeypatch.setattr(passes, "pass_throughput", lambda model, rows, **kw: rates[rows.shape[0]])
     assert tune_pass_size(frozen(), (1, 8, 8), CPU, candidates=list(rates), rounds=1) == 32
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
 
 
 def test_resolve_pass_size():
@@ -126,7 +124,7 @@ def test_resolve_pass_size():
 def test_autotuned_pass_size_gives_identical_maps(method):
     """Maps with the tuned pass size equal those of fixed sizes (bitwise for Grad at multiples of
     16, to float32 rounding otherwise)."""
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
     model = frozen()
     x = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     targets = torch.arange(200) % 10
@@ -143,7 +141,7 @@ def test_autotuned_pass_size_gives_identical_maps(method):
             assert torch.equal(maps, other)
         else:
             assert torch.allclose(maps, other, rtol=1e-5, atol=1e-6 * maps.abs().max().item())
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
 
 
 # -- blocked SmoothGrad / IG --------------------------------------------------------------------
@@ -252,7 +250,7 @@ def store(tmp_path_factory):
 )
 def test_job_with_auto_pass_size_and_grouped_chunks(store, tmp_path, method, target):
     dataset, weights, ds = store
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
     cfg = {"images": "train", "target": target, "pass_size": "auto", "chunk_size": 10}
     out = tmp_path / "maps.zarr"
     params = METHOD_PARAMS[method]
@@ -275,7 +273,7 @@ def test_job_with_auto_pass_size_and_grouped_chunks(store, tmp_path, method, tar
     assert np.array_equal(maps["target"].values, explained.numpy())
     direct = build_method(method, model, params, 64).attribute(x, explained, ids.tolist())
     assert np.allclose(maps["maps"].values, direct.numpy(), rtol=1e-5, atol=1e-7)
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
 
 
 def test_job_rejects_a_bad_pass_size(store, tmp_path):
@@ -402,7 +400,7 @@ def close_maps(a: torch.Tensor, b: torch.Tensor) -> None:
 @pytest.mark.parametrize("method", ["grad", "integrated_gradients"])
 def test_cuda_maps_match_cpu_maps(method):
     """Grad and IG on a GPU (its own tuned pass size, strict float32) equal the CPU's maps."""
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
     cuda = torch.device("cuda")
     model = frozen(arch="miniresnet", channels=3, size=32)
     x = torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(6))
@@ -418,7 +416,7 @@ def test_cuda_maps_match_cpu_maps(method):
         )
     assert size in candidate_pass_sizes(cuda)
     close_maps(on_cpu, on_gpu)
-    saliency_module._TUNED_PASS_SIZES.clear()
+    passes._TUNED_PASS_SIZES.clear()
 
 
 @needs_cuda

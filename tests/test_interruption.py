@@ -31,10 +31,10 @@ import torch
 import yaml
 from conftest import REPO, SNAKEMAKE, planned_jobs, run_workflow, tiny_config
 
-from saliency_fingerprints import saliency as saliency_module
 from saliency_fingerprints.datasets import prepare_dataset
 from saliency_fingerprints.models import build_model
 from saliency_fingerprints.saliency import compute_saliency_maps, open_maps
+from saliency_fingerprints.saliency import job as saliency_job
 from saliency_fingerprints.store import atomic_output
 from saliency_fingerprints.training import save_model
 
@@ -148,7 +148,9 @@ def test_workflow_killed_mid_write_recovers_exactly(tiny_run, tmp_path):
         pytest.fail("three runs ended before a saliency store was caught mid-write")
 
     store = caught.with_name(caught.name.removesuffix(".partial"))
-    assert not store.exists(), "a killed job left its output in place"
+    # the rule declares <store>/zarr.json: Snakemake made the store's folder before the job, and
+    # the killed job left it empty, without the zarr.json that marks a finished store
+    assert not store.exists() or not any(store.iterdir()), "a killed job left its output in place"
     assert list((workdir / ".snakemake/incomplete").iterdir()), "no job marked incomplete"
 
     # The crash left Snakemake's lock behind: unlock, as a user would, then plan.
@@ -209,7 +211,7 @@ class Interrupt(Exception):
 def interrupt_after(monkeypatch, n_chunks: int) -> list[int]:
     """Make the saliency engine raise on its ``n_chunks + 1``-th chunk; returns the call log."""
     calls: list[int] = []
-    real = saliency_module.build_method
+    real = saliency_job.build_method
 
     def build(*args, **kwargs):
         engine = real(*args, **kwargs)
@@ -224,7 +226,7 @@ def interrupt_after(monkeypatch, n_chunks: int) -> list[int]:
         engine.attribute = flaky
         return engine
 
-    monkeypatch.setattr(saliency_module, "build_method", build)
+    monkeypatch.setattr(saliency_job, "build_method", build)
     return calls
 
 

@@ -1,17 +1,23 @@
 """Meaningful Perturbation: it finds the evidence, batching and seeds behave, bad keys are named."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
+from saliency_fingerprints.configuration import check_schema
 from saliency_fingerprints.errors import ConfigError
 from saliency_fingerprints.models import build_model
-from saliency_fingerprints.perturbation import (
+from saliency_fingerprints.saliency import METHODS, SHORT_NAMES, build_method
+from saliency_fingerprints.saliency.perturbation import (
     MeaningfulPerturbation,
     gaussian_blur,
     total_variation,
 )
-from saliency_fingerprints.saliency import METHODS, SHORT_NAMES, build_method
+
+SCHEMA = Path(__file__).parents[1] / "config/schema/config.schema.yaml"
 
 
 class PatchDetector(nn.Module):
@@ -171,8 +177,18 @@ def test_blur_and_total_variation():
     ],
 )
 def test_invalid_parameters_name_the_key(key, value):
+    """The schema bounds every key (the constructor does not repeat its bounds)."""
+    cfg = tiny_config()
+    cfg["methods"]["meaningful_perturbation"] = {key: value}
+    with pytest.raises(ConfigError, match=f"methods.meaningful_perturbation.{key}: got"):
+        check_schema(cfg, SCHEMA)
+
+
+@pytest.mark.parametrize("key,value", [("noise_on", "weights"), ("score", "loss")])
+def test_unknown_options_are_rejected_by_the_engine_too(key, value):
+    """Options the code branches on stop a direct caller too (they would silently do nothing)."""
     model = build_model("cnn2", 1, 8, 3)
-    with pytest.raises(ConfigError, match=f"methods.meaningful_perturbation.{key}"):
+    with pytest.raises(ConfigError, match=f"methods.meaningful_perturbation.{key} '{value}'"):
         MeaningfulPerturbation(model, **{key: value})
 
 
@@ -183,3 +199,27 @@ def test_mask_larger_than_image_and_unknown_keys_are_rejected():
         engine.attribute(torch.rand(2, 1, 8, 8))
     with pytest.raises(ConfigError, match="methods.meaningful_perturbation"):
         build_method("meaningful_perturbation", model, {"n_samples": 3}, 64)
+
+
+def test_device_noise_is_keyed_by_sample_and_block():
+    """The GPU's noise (``keyed``: drawn on the device for a whole block at once) has the
+    configured spread, does not depend on the batch, and differs between blocks and seeds."""
+    engine = toy_engine(noise_std=0.5, iterations=60)
+    shape = (1, 6, 6)
+
+    def noises(ids, **kw):
+        stream = engine.noise_stream(ids, shape, torch.float32, torch.device("cpu"), keyed=True)
+        return torch.stack(list(stream))  # (iterations, n, *shape)
+
+    both = noises([4, 9])
+    alone = noises([9])
+    assert both.shape == (60, 2, *shape)
+    assert torch.equal(both[:, 1], alone[:, 0])  # image 9's noise does not depend on its batch
+    assert not torch.equal(both[:25, 0], both[25:50, 0])  # blocks differ
+    assert abs(float(both.std()) - 0.5) < 0.03 and abs(float(both.mean())) < 0.03
+    other = toy_engine(noise_std=0.5, iterations=60, seed=1)
+    stream = other.noise_stream([4, 9], shape, torch.float32, torch.device("cpu"), keyed=True)
+    assert not torch.equal(torch.stack(list(stream)), both)
+    # the CPU default is still the per-image generator stream
+    cpu = engine.noise_stream([4, 9], shape, torch.float32, torch.device("cpu"))
+    assert not torch.equal(torch.stack(list(cpu)), both)

@@ -56,9 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .runtime import seed_generator
-from .saliency import METHODS, SaliencyMethod
+from ..errors import ConfigError
+from ..runtime import seed_generator
+from .base import SaliencyMethod, register
+from .rng import keyed_normal
 
 KEY = "methods.meaningful_perturbation"
 SCORES = ("softmax", "logit")
@@ -105,10 +106,10 @@ def total_variation(masks: torch.Tensor, beta: float) -> torch.Tensor:
     return dy + dx
 
 
+@register("meaningful_perturbation", short="MP")
 class MeaningfulPerturbation(SaliencyMethod):
     """Fong & Vedaldi (2017): the smallest smooth blur-deletion that destroys the target score."""
 
-    name = "meaningful_perturbation"
     map_variables = {
         "mp_score": "target score (methods.meaningful_perturbation.score: softmax probability or "
         "logit) on the image perturbed by the final mask, without noise: what the optimisation "
@@ -134,24 +135,8 @@ class MeaningfulPerturbation(SaliencyMethod):
         seed: int = 0,
     ) -> None:
         super().__init__(model, pass_size)
-        checks = [
-            ("iterations", iterations >= 1, "a positive integer"),
-            ("learning_rate", learning_rate > 0, "> 0"),
-            ("l1_coeff", l1_coeff >= 0, ">= 0"),
-            ("tv_coeff", tv_coeff >= 0, ">= 0"),
-            ("tv_beta", tv_beta >= 1, ">= 1"),
-            ("mask_size", mask_size >= 1, "a positive integer"),
-            ("mask_init", 0 <= mask_init <= 1, "in [0, 1]"),
-            ("blur_sigma", blur_sigma >= 0, ">= 0 (a fraction of the image side)"),
-            ("noise_std", noise_std >= 0, ">= 0"),
-            ("noise_on", noise_on in NOISE_TARGETS, f"one of {NOISE_TARGETS}"),
-            ("score", score in SCORES, f"one of {SCORES}"),
-            ("seed", seed >= 0, ">= 0"),
-        ]
-        for key, ok, expected in checks:
-            if not ok:
-                value = locals()[key]
-                raise ConfigError(f"{KEY}.{key} must be {expected}, got {value!r}")
+        self.check_choice("noise_on", noise_on, NOISE_TARGETS)
+        self.check_choice("score", score, SCORES)
         self.iterations, self.learning_rate = int(iterations), float(learning_rate)
         self.l1_coeff, self.tv_coeff, self.tv_beta = (
             float(l1_coeff),
@@ -166,22 +151,6 @@ class MeaningfulPerturbation(SaliencyMethod):
         )
         self.score, self.seed = score, int(seed)
         self.gradient_evaluations = self.iterations
-
-    def params(self):
-        return {
-            "iterations": self.iterations,
-            "learning_rate": self.learning_rate,
-            "l1_coeff": self.l1_coeff,
-            "tv_coeff": self.tv_coeff,
-            "tv_beta": self.tv_beta,
-            "mask_size": self.mask_size,
-            "mask_init": self.mask_init,
-            "blur_sigma": self.blur_sigma,
-            "noise_std": self.noise_std,
-            "noise_on": self.noise_on,
-            "score": self.score,
-            "seed": self.seed,
-        }
 
     # -- the pieces ------------------------------------------------------------------------
     def blurred(self, images: torch.Tensor) -> torch.Tensor:
@@ -222,25 +191,44 @@ class MeaningfulPerturbation(SaliencyMethod):
         shape: Sequence[int],
         dtype: torch.dtype,
         device: torch.device,
+        keyed: bool | None = None,
     ) -> Iterator[torch.Tensor] | None:
-        """Per-iteration noise ``(n, *shape)`` (None when ``noise_std`` is 0).
+        """Per-iteration noise ``(n, *shape)`` (None when ``noise_std`` is 0), drawn
+        :data:`NOISE_BLOCK` iterations at a time (a fixed constant, so the stream does not depend
+        on the batch).
 
-        Image i's noise comes from its own generator keyed by ``(seed, sample_id)`` on the
-        images' device, drawn :data:`NOISE_BLOCK` iterations per call (a fixed constant, so the
-        stream does not depend on the batch), which keeps generator calls off the inner loop."""
+        On a CPU (``keyed`` False, the default there) image i's noise comes from its own torch
+        generator keyed by ``(seed, sample_id)``. On a GPU (``keyed`` True) one CPU-side loop
+        over the images per block would cap the method far below the device's rate, so the
+        block is drawn at once on the device with :func:`~.rng.keyed_normal`, keyed by
+        ``(seed, block, sample_id)``: a different stream from the CPU's (MP maps agree across
+        devices in distribution, not value by value), still independent of the batch."""
         if self.noise_std == 0:
             return None
-        generators = [seed_generator(self.seed, int(i), 0x3F, device=device) for i in sample_ids]
+        keyed = device.type != "cpu" if keyed is None else keyed
+        per_iteration = math.prod(shape)
+        generators = (
+            []
+            if keyed
+            else [seed_generator(self.seed, int(i), 0x3F, device=device) for i in sample_ids]
+        )
+
+        def draw(start: int) -> torch.Tensor:
+            if keyed:
+                key = seed_generator(self.seed, 0x3F, start).initial_seed()
+                noise = keyed_normal(key, list(sample_ids), NOISE_BLOCK * per_iteration, device)
+                return noise.view(len(sample_ids), NOISE_BLOCK, *shape).transpose(0, 1).to(dtype)
+            return torch.stack(
+                [
+                    torch.randn((NOISE_BLOCK, *shape), generator=g, dtype=dtype, device=device)
+                    for g in generators
+                ],
+                dim=1,
+            )
 
         def stream() -> Iterator[torch.Tensor]:
             for start in range(0, self.iterations, NOISE_BLOCK):
-                block = torch.stack(
-                    [
-                        torch.randn((NOISE_BLOCK, *shape), generator=g, dtype=dtype, device=device)
-                        for g in generators
-                    ],
-                    dim=1,
-                ).mul_(self.noise_std)
+                block = draw(start).mul_(self.noise_std)
                 yield from block[: min(NOISE_BLOCK, self.iterations - start)]
 
         return stream()
@@ -313,6 +301,3 @@ class MeaningfulPerturbation(SaliencyMethod):
         perturbed = images * (1 - deleted) + self.blurred(images) * deleted
         scores = self._target_outputs(perturbed, targets, softmax=self.score == "softmax")
         return {"mp_score": scores, "mask_area": deleted.flatten(1).mean(1)}
-
-
-METHODS[MeaningfulPerturbation.name] = MeaningfulPerturbation
