@@ -9,6 +9,7 @@ if str(Path(workflow.main_snakefile).parent) not in sys.path:  # the library bes
     sys.path.append(str(Path(workflow.main_snakefile).parent))
 
 from saliency_fingerprints.configuration import (
+    canonical,
     check_dataset_files,
     check_experiments,
     check_results_writable,
@@ -53,6 +54,12 @@ wildcard_constraints:
     variant="original|shuffled_per_map|shuffled_fixed",
     experiment="[A-Za-z0-9_-]+",
     target="predicted|true",
+
+
+# Params: every params entry that holds a dict goes through ``canonical`` (keys sorted,
+# recursively): the rerun check compares each entry's repr, so a config written with its keys in
+# another order is the same config and reruns nothing. The params helpers below return canonical
+# values already; rules that pass a config block directly wrap it in ``canonical``.
 
 
 def local_dataset_input(wildcards):
@@ -102,33 +109,35 @@ def secondary_params(experiment, variants):
     cfg = secondary_config(experiment)
     if all(v == "original" for v in variants):
         cfg.pop("shuffle_seed", None)
-    return cfg
+    return canonical(cfg)
 
 
 def replicate_params(experiment):
     """Every replicate of an experiment: its index, secondary seed and primaries."""
     base = int(secondary_config(experiment)["seed"])
-    return [
-        {"replicate": r, "seed": base + r, "primaries": primary_names(experiment, r)}
-        for r in experiment_replicates(config, experiment)
-    ]
+    return canonical(
+        [
+            {"replicate": r, "seed": base + r, "primaries": primary_names(experiment, r)}
+            for r in experiment_replicates(config, experiment)
+        ]
+    )
 
 
 def saliency_params(target):
     """The saliency block as a map store of ``target`` sees it."""
-    return {**config["saliency"], "target": target}
+    return canonical({**config["saliency"], "target": target})
 
 
 def map_grid_params(experiment):
     """What a map grid shows besides its maps: the secondary's view of a map (preprocess and,
     with shuffled variants, the shuffle seed) - not how secondaries train."""
     cfg = secondary_params(experiment, experiment_variants(experiment))
-    return {k: cfg[k] for k in ("preprocess", "shuffle_seed") if k in cfg}
+    return canonical({k: cfg[k] for k in ("preprocess", "shuffle_seed") if k in cfg})
 
 
 def plot_settings(*keys):
     """Only the ``plots`` keys a figure uses, so an edit reruns only the figures it changes."""
-    return {k: config["plots"][k] for k in keys}
+    return canonical({k: config["plots"][k] for k in keys})
 
 
 def method_params(method):
@@ -137,7 +146,7 @@ def method_params(method):
             f"methods.{method}: an experiment names method {method!r} but the config has no "
             f"'methods.{method}' block"
         )
-    return config["methods"][method] or {}
+    return canonical(config["methods"][method] or {})
 
 
 # -- paths --------------------------------------------------------------------------------------
@@ -145,6 +154,18 @@ PRIMARY = f"{RESULTS}/primaries/{{architecture}}-seed{{seed}}"
 MAPS = f"{RESULTS}/saliency/{{target}}/{{method}}/{{architecture}}-seed{{seed}}.zarr"
 SECONDARY = f"{RESULTS}/experiments/{{experiment}}/secondaries/{{method}}/{{variant}}"
 CROSS_EVAL = f"{RESULTS}/experiments/{{experiment}}/cross_evaluation/{{variant}}.csv"
+
+
+def zarr_store(path):
+    """A Zarr store (or a list of them) as a rule's input or output: its root ``zarr.json``, not
+    ``directory(path)``. Snakemake marks a directory output with a ``.snakemake_timestamp`` file
+    inside it, which Zarr 3 warns about on every open of the store (``ZarrUserWarning: Object at
+    .snakemake_timestamp is not recognized``). A store is written under a temporary name and
+    renamed into place whole (saliency_fingerprints/store.py), so its zarr.json appears only with
+    the complete store and dates it; scripts get the store back with ``store.store_root``."""
+    if isinstance(path, str):
+        return f"{path}/zarr.json"
+    return [zarr_store(p) for p in path]
 
 
 def maps_of(experiment, methods, replicate=0):

@@ -2,9 +2,9 @@ rule prepare_dataset:
     input:
         unpack(local_dataset_input),
     output:
-        store=directory(DATASET),
+        store=zarr_store(DATASET),
     params:
-        dataset=config["dataset"],
+        dataset=canonical(config["dataset"]),
     log:
         f"{LOGS}/prepare_dataset.log",
     threads: 1

@@ -5,17 +5,20 @@
 rule map_diagnostics:
     input:
         # every map store of every experiment, once each (experiments share stores)
-        maps=list(
-            dict.fromkeys(
-                store
-                for experiment in config["experiments"]
-                for store in all_maps_of(experiment, experiment_methods(experiment))
+        maps=zarr_store(
+            list(
+                dict.fromkeys(
+                    store
+                    for experiment in config["experiments"]
+                    for store in all_maps_of(experiment, experiment_methods(experiment))
+                )
             )
         ),
     output:
         csv=report(
             f"{RESULTS}/tables/map_diagnostics.csv",
-            category="Saliency maps",
+            category="Maps",
+            subcategory="Diagnostics",
             caption="../report/map_diagnostics.rst",
         ),
         markdown=f"{RESULTS}/tables/map_diagnostics.md",

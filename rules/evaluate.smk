@@ -1,7 +1,9 @@
 rule cross_evaluate:
     input:
         secondaries=lambda wc: secondaries_of(wc.experiment, wc.variant),
-        maps=lambda wc: all_maps_of(wc.experiment, experiment_methods(wc.experiment)),
+        maps=lambda wc: zarr_store(
+            all_maps_of(wc.experiment, experiment_methods(wc.experiment))
+        ),
     output:
         table=CROSS_EVAL,
     params:
@@ -33,7 +35,8 @@ rule combine_tables:
     output:
         csv=report(
             f"{RESULTS}/tables/cross_evaluation.csv",
-            category="Cross-evaluation",
+            category="Experiments",
+            subcategory="Cross-evaluation",
             caption="../report/cross_evaluation.rst",
         ),
         markdown=f"{RESULTS}/tables/cross_evaluation.md",

@@ -12,12 +12,13 @@ rule paper_comparison:
     output:
         csv=report(
             f"{RESULTS}/tables/paper_comparison.csv",
-            category="Comparison with the paper",
+            category="Experiments",
+            subcategory="Comparison with the paper",
             caption="../report/paper_comparison.rst",
         ),
         markdown=f"{RESULTS}/tables/paper_comparison.md",
     params:
-        comparison=PAPER,
+        comparison=canonical(PAPER),
     log:
         f"{LOGS}/paper_comparison.log",
     threads: 1
@@ -32,9 +33,9 @@ rule paper_comparison:
 
 rule paper_figure:
     input:
-        dataset=DATASET,
+        dataset=zarr_store(DATASET),
         maps=lambda wc: [
-            path
+            zarr_store(path)
             for p in paper_figure_panels()
             for by_primary in p["stores"].values()
             for path in by_primary.values()
@@ -42,13 +43,16 @@ rule paper_figure:
     output:
         png=report(
             f"{RESULTS}/figures/paper_figures.png",
-            category="Comparison with the paper",
+            category="Maps",
+            subcategory="Like the paper's figures",
             caption="../report/paper_figures.rst",
         ),
     params:
+        # not canonical as a whole: a panel's stores are ordered (method rows, primary columns)
+        # from the experiment's lists; its config part (preprocess) is canonical
         panels=lambda wc: paper_figure_panels(),
         images=PAPER.get("figure_images", 6),
-        plots=config["plots"],
+        plots=plot_settings("map_cmap", "dpi"),
     log:
         f"{LOGS}/paper_figure.log",
     threads: 1

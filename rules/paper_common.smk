@@ -58,7 +58,7 @@ def panel(experiment, methods, variants, title):
             for m in methods
         },
         "variants": variants,
-        "preprocess": secondary["preprocess"],
+        "preprocess": canonical(secondary["preprocess"]),
         "shuffle_seed": secondary["shuffle_seed"],
     }
 

@@ -4,7 +4,7 @@ rule plot_heatmap:
     output:
         png=report(
             f"{RESULTS}/figures/cross_evaluation/{{experiment}}/{{variant}}.png",
-            category="Cross-evaluation",
+            category="Experiments",
             subcategory="{experiment}",
             caption="../report/heatmap.rst",
         ),
@@ -24,12 +24,13 @@ rule plot_heatmap:
 
 rule plot_map_grid:
     input:
-        dataset=DATASET,
-        maps=lambda wc: maps_of(wc.experiment, experiment_methods(wc.experiment)),
+        dataset=zarr_store(DATASET),
+        maps=lambda wc: zarr_store(maps_of(wc.experiment, experiment_methods(wc.experiment))),
     output:
         png=report(
             f"{RESULTS}/figures/maps/{{experiment}}.png",
-            category="Saliency maps",
+            category="Maps",
+            subcategory="{experiment}",
             caption="../report/map_grid.rst",
         ),
     params:

@@ -1,11 +1,11 @@
 rule train_primary:
     input:
-        dataset=DATASET,
+        dataset=zarr_store(DATASET),
     output:
         weights=f"{PRIMARY}/model.safetensors",
         metrics=f"{PRIMARY}/metrics.json",
     params:
-        training=config["primary_training"],
+        training=canonical(config["primary_training"]),
     log:
         f"{LOGS}/train_primary/{{architecture}}-seed{{seed}}.log",
     threads: 1

@@ -1,9 +1,9 @@
 rule compute_saliency:
     input:
-        dataset=DATASET,
+        dataset=zarr_store(DATASET),
         weights=f"{PRIMARY}/model.safetensors",
     output:
-        store=directory(MAPS),
+        store=zarr_store(MAPS),
     params:
         method=lambda wc: method_params(wc.method),
         saliency=lambda wc: saliency_params(wc.target),

@@ -6,7 +6,7 @@ include: "sanity_common.smk"
 
 rule train_random_label_primary:
     input:
-        dataset=DATASET,
+        dataset=zarr_store(DATASET),
     output:
         weights=f"{RANDOM_LABEL_PRIMARY}/model.safetensors",
         metrics=f"{RANDOM_LABEL_PRIMARY}/metrics.json",
@@ -32,7 +32,7 @@ rule sanity_check:
         unpack(sanity_check_input),
     output:
         table=SANITY_TABLE,
-        maps=directory(SANITY_MAPS),
+        maps=zarr_store(SANITY_MAPS),
     params:
         method=lambda wc: method_params(wc.method),
         sanity=lambda wc: sanity_params(),
@@ -104,7 +104,7 @@ rule plot_sanity_curves:
 rule plot_sanity_maps:
     input:
         maps=lambda wc: [
-            SANITY_MAPS.format(method=m, architecture=wc.architecture, seed=wc.seed)
+            zarr_store(SANITY_MAPS.format(method=m, architecture=wc.architecture, seed=wc.seed))
             for m in sanity_settings()["methods"]
         ],
     output:

@@ -20,7 +20,9 @@ def random_label_training(architecture):
     epochs = sanity_settings()["random_labels"].get("epochs")
     if isinstance(epochs, dict):
         epochs = epochs.get(architecture)
-    return deep_merge(config["primary_training"], {} if epochs is None else {"epochs": epochs})
+    return canonical(
+        deep_merge(config["primary_training"], {} if epochs is None else {"epochs": epochs})
+    )
 
 
 def random_label_target():
@@ -43,17 +45,22 @@ def sanity_params():
     primary's training is in its own rule's params)."""
     cfg = sanity_settings()
     keep = ("n_images", "seed", "parameter_randomisation", "input_shift", "figure_images")
-    return {
-        **{k: cfg[k] for k in keep},
-        "random_labels": random_labels_enabled(),
-        "target": config["saliency"]["target"],
-    }
+    return canonical(
+        {
+            **{k: cfg[k] for k in keep},
+            "random_labels": random_labels_enabled(),
+            "target": config["saliency"]["target"],
+        }
+    )
 
 
 def sanity_check_input(wildcards):
     """The dataset, the primary and (with the data randomisation test) its random-label copy."""
     which = {"architecture": wildcards.architecture, "seed": wildcards.seed}
-    inputs = {"dataset": DATASET, "weights": f"{PRIMARY}/model.safetensors".format(**which)}
+    inputs = {
+        "dataset": zarr_store(DATASET),
+        "weights": f"{PRIMARY}/model.safetensors".format(**which),
+    }
     if random_labels_enabled():
         inputs["random_labels"] = f"{RANDOM_LABEL_PRIMARY}/model.safetensors".format(**which)
     return inputs

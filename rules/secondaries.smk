@@ -1,6 +1,6 @@
 rule train_secondary:
     input:
-        maps=lambda wc: all_maps_of(wc.experiment, [wc.method]),
+        maps=lambda wc: zarr_store(all_maps_of(wc.experiment, [wc.method])),
     output:
         weights=f"{SECONDARY}/model.safetensors",
         metrics=f"{SECONDARY}/metrics.json",

@@ -40,6 +40,7 @@ import torch
 
 from .errors import PipelineError
 from .runtime import describe_device, select_device
+from .store import remove_empty_store_folders
 
 
 @dataclass
@@ -159,3 +160,5 @@ def run_job(smk, body: Callable[[Job], Any]) -> None:
         log.error("%s", err)
         print(f"ERROR: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        remove_empty_store_folders(smk.output)  # a failed job's, made by Snakemake before it ran

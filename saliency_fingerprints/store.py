@@ -86,6 +86,28 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
+def store_root(path: str | os.PathLike) -> str:
+    """The Zarr store that a rule's input or output names by its root ``zarr.json``; any other
+    path is returned as it is.
+
+    Rules declare a store by its ``zarr.json`` rather than as a ``directory()`` output (see
+    ``zarr_store`` in rules/common.smk): Snakemake would put a ``.snakemake_timestamp`` file in a
+    directory output, which Zarr 3 warns about whenever the store is opened."""
+    path = Path(path)
+    return str(path.parent if path.name == "zarr.json" else path)
+
+
+def remove_empty_store_folders(outputs) -> None:
+    """Remove the folder of each ``<store>/zarr.json`` in ``outputs`` if it is empty: Snakemake
+    makes an output's folder before its job runs, and a job that fails before renaming its store
+    into place would leave the store's path behind as an empty folder."""
+    for output in outputs:
+        path = Path(output)
+        if path.name == "zarr.json" and path.parent.is_dir() and not path.parent.is_symlink():
+            with contextlib.suppress(OSError):  # not empty (a finished store): kept
+                path.parent.rmdir()
+
+
 def open_store(path: str | os.PathLike) -> xr.Dataset:
     """Open a Zarr store lazily as an xarray dataset, with a clear error if it is unreadable."""
     path = Path(path)
@@ -93,7 +115,8 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
         raise DataError(f"{path}: Zarr store not found")
     try:
         with warnings.catch_warnings():
-            # Snakemake marks directory outputs with a .snakemake_timestamp file inside them
+            # stores made while the rules declared them as directory() outputs hold Snakemake's
+            # .snakemake_timestamp file (see store_root); stores made since do not
             warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
             return xr.open_zarr(path, consolidated=False, zarr_format=3)
     except Exception as err:  # zarr raises many types for corrupt metadata

@@ -4,13 +4,14 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.saliency import compute_saliency_maps
+from saliency_fingerprints.store import store_root
 
 run_job(
     snakemake,  # noqa: F821
     lambda job: compute_saliency_maps(
-        job.input.dataset,
+        store_root(job.input.dataset),
         job.input.weights,
-        job.output.store,
+        store_root(job.output.store),
         job.wildcards.method,
         job.params.method,
         job.params.saliency,

@@ -4,8 +4,11 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.diagnostics import write_diagnostics
 from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.store import store_root
 
 run_job(
     snakemake,  # noqa: F821
-    lambda job: write_diagnostics(list(job.input.maps), job.output.csv, job.output.markdown),
+    lambda job: write_diagnostics(
+        [store_root(p) for p in job.input.maps], job.output.csv, job.output.markdown
+    ),
 )

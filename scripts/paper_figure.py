@@ -5,10 +5,11 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 from saliency_fingerprints.datasets import open_dataset
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.plots import plot_paper_figure
+from saliency_fingerprints.store import store_root
 
 
 def main(job):
-    dataset, _ = open_dataset(job.input.dataset)
+    dataset, _ = open_dataset(store_root(job.input.dataset))
     plots = job.params.plots
     plot_paper_figure(
         job.params.panels,

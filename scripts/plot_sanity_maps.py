@@ -4,11 +4,12 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.plots import plot_sanity_maps
+from saliency_fingerprints.store import store_root
 
 run_job(
     snakemake,  # noqa: F821
     lambda job: plot_sanity_maps(
-        dict(zip(job.params.methods, job.input.maps, strict=True)),
+        dict(zip(job.params.methods, map(store_root, job.input.maps), strict=True)),
         job.output.png,
         job.params.plots["map_cmap"],
         job.params.plots["dpi"],

@@ -4,5 +4,9 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.datasets import prepare_dataset
 from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.store import store_root
 
-run_job(snakemake, lambda job: prepare_dataset(job.params.dataset, job.output.store))  # noqa: F821
+run_job(
+    snakemake,  # noqa: F821
+    lambda job: prepare_dataset(job.params.dataset, store_root(job.output.store)),
+)

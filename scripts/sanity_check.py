@@ -5,15 +5,16 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.sanity import run_sanity_checks
+from saliency_fingerprints.store import store_root
 
 run_job(
     snakemake,  # noqa: F821
     lambda job: run_sanity_checks(
-        job.input.dataset,
+        store_root(job.input.dataset),
         job.input.weights,
         job.input.get("random_labels"),
         job.output.table,
-        job.output.maps,
+        store_root(job.output.maps),
         job.wildcards.method,
         job.params.method,
         job.params.sanity,

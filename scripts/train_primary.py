@@ -4,11 +4,12 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.primary import train_primary
+from saliency_fingerprints.store import store_root
 
 run_job(
     snakemake,  # noqa: F821
     lambda job: train_primary(
-        job.input.dataset,
+        store_root(job.input.dataset),
         job.wildcards.architecture,
         int(job.wildcards.seed),
         job.params.training,

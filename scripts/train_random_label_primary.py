@@ -8,11 +8,12 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.sanity import train_random_label_primary
+from saliency_fingerprints.store import store_root
 
 
 def main(job):
     train_random_label_primary(
-        job.input.dataset,
+        store_root(job.input.dataset),
         job.wildcards.architecture,
         int(job.wildcards.seed),
         job.params.training,

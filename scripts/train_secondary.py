@@ -4,12 +4,13 @@ import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.secondary import replicate_maps, train_secondary
+from saliency_fingerprints.store import store_root
 
 
 def main(job):
     method = job.wildcards.method
     replicates = replicate_maps(
-        job.params.replicates, [method], job.params.target, list(job.input.maps)
+        job.params.replicates, [method], job.params.target, [store_root(p) for p in job.input.maps]
     )
     train_secondary(
         experiment=job.wildcards.experiment,

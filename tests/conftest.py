@@ -77,7 +77,11 @@ def run_workflow(
 
 def planned_jobs(workdir: Path, cfg: dict) -> dict[str, int]:
     """Job counts per rule that a dry run plans (``{}`` when there is nothing to do)."""
-    proc = run_workflow(workdir, cfg, "-n", "--quiet", "rules")
+    return job_counts(run_workflow(workdir, cfg, "-n", "--quiet", "rules"))
+
+
+def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule in the output of ``snakemake -n --quiet rules``."""
     counts: dict[str, int] = {}
     lines = (proc.stdout + proc.stderr).splitlines()
     for i, line in enumerate(lines):
