@@ -96,9 +96,7 @@ class StackedModels:
 
     def state_of(self, index: int) -> dict[str, torch.Tensor]:
         """Model ``index``'s state dict (copies)."""
-        return {
-            k: v[index].detach().clone() for k, v in {**self.params, **self.buffers}.items()
-        }
+        return {k: v[index].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple:
@@ -111,13 +109,15 @@ class StackedModels:
             logits = self.forward(x[:, i : i + batch_size])
             yy = y[:, i : i + batch_size]
             correct += (logits.argmax(-1) == yy).sum(1)
-            loss += nn.functional.cross_entropy(
-                logits.flatten(0, 1), yy.flatten(), reduction="none"
-            ).view_as(yy).sum(1)
+            loss += (
+                nn.functional.cross_entropy(logits.flatten(0, 1), yy.flatten(), reduction="none")
+                .view_as(yy)
+                .sum(1)
+            )
         return correct / y.shape[1], loss / y.shape[1]
 
 
-class _Step:
+class TrainStep:
     """One training step of every model on the batches ``index`` (``(models, batch)``)."""
 
     def __init__(self, stack, opt, x, y, dtype, totals, hits) -> None:
@@ -130,20 +130,24 @@ class _Step:
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             logits = self.stack.forward(x)
-            losses = nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), y.flatten(), reduction="none"
-            ).view_as(y).mean(1)
+            losses = (
+                nn.functional.cross_entropy(
+                    logits.flatten(0, 1).float(), y.flatten(), reduction="none"
+                )
+                .view_as(y)
+                .mean(1)
+            )
         losses.sum().backward()
         self.opt.step()
         self.totals += losses.detach().double() * y.shape[1]
         self.hits += (logits.detach().argmax(-1) == y).sum(1)
 
 
-class _GraphedStep:
-    """A :class:`_Step` of a fixed batch size, captured as a CUDA graph after ``warmup`` eager
+class GraphedStep:
+    """A :class:`TrainStep` of a fixed batch size, captured as a CUDA graph after ``warmup`` eager
     steps (on a side stream, as capture requires); replays copy the batch indices in."""
 
-    def __init__(self, step: _Step, batch_size: int, warmup: int = 3) -> None:
+    def __init__(self, step: TrainStep, batch_size: int, warmup: int = 3) -> None:
         self.step, self.warmup, self.done = step, warmup, 0
         self.index = torch.zeros(step.stack.n, batch_size, dtype=torch.long, device=step.x.device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -230,8 +234,18 @@ def train_stacked(
 
 
 def _train_stacked(
-    models, trains, settings, seeds, names, *, validations, tests, patience,
-    stop_at_train_accuracy, full_train_accuracy, cuda_graphs,
+    models,
+    trains,
+    settings,
+    seeds,
+    names,
+    *,
+    validations,
+    tests,
+    patience,
+    stop_at_train_accuracy,
+    full_train_accuracy,
+    cuda_graphs,
 ) -> list[list[dict]]:
     device = trains[0][0].device
     stack = StackedModels(models, device)
@@ -241,9 +255,9 @@ def _train_stacked(
     opt = make_optimizer(list(stack.params.values()), settings, capturable=capturable)
     totals = torch.zeros(stack.n, dtype=torch.float64, device=device)
     hits = torch.zeros(stack.n, dtype=torch.float64, device=device)
-    step = _Step(stack, opt, x, y, AUTOCAST_DTYPES[settings.autocast], totals, hits)
+    step = TrainStep(stack, opt, x, y, AUTOCAST_DTYPES[settings.autocast], totals, hits)
     n, batch = y.shape[1], settings.batch_size
-    full = _GraphedStep(step, batch) if capturable and n >= batch else step
+    full = GraphedStep(step, batch) if capturable and n >= batch else step
     progress = [_Progress() for _ in models]
     for epoch in range(1, settings.epochs + 1):
         stack.train(True)
@@ -266,7 +280,10 @@ def _train_stacked(
             if not p.active:
                 continue
             record = epoch_record(
-                epoch, losses[m], accs[m], names[m],
+                epoch,
+                losses[m],
+                accs[m],
+                names[m],
                 running=not full_train_accuracy,
                 validation=None if val is None else (val_acc[m], val_loss[m]),
                 test=None if test is None else test_acc[m],
@@ -335,7 +352,13 @@ def train_models(
         if reason is None:
             log.info("training %d model(s) as one stack on %s", len(models), device)
             return train_stacked(
-                models, trains, settings, seeds, names, validations=validations, tests=tests,
+                models,
+                trains,
+                settings,
+                seeds,
+                names,
+                validations=validations,
+                tests=tests,
                 **options,
             )
         log.info("training one model at a time: %s", reason)
