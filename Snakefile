@@ -7,9 +7,16 @@
 # `snakemake --cores all` runs config/config.yaml (embedded digits). A preset replaces it:
 # `snakemake --cores all --configfile config/cifar10-cpu.yaml`.
 
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The library beside this file, importable by every rules/*.smk (they are only ever included
+# from here). Script jobs run in processes of their own: scripts/_bootstrap.py does it there.
+if str(workflow.basedir) not in sys.path:
+    sys.path.append(str(workflow.basedir))
 
 
 if not workflow.overwrite_configfiles:
@@ -26,6 +33,7 @@ include: "rules/plots.smk"
 include: "rules/paper.smk"
 include: "rules/sanity.smk"
 include: "rules/diagnostics.smk"
+include: "rules/studies.smk"
 
 
 rule all:

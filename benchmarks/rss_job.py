@@ -58,15 +58,15 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     compute_saliency_maps(
-        args.dataset,
-        args.weights,
-        args.out,
-        args.method,
-        json.loads(args.params),
-        json.loads(args.config),
-        "bench",
-        torch.device(args.device),
-        args.threads,
+        dataset_path=args.dataset,
+        weights_path=args.weights,
+        out=args.out,
+        method=args.method,
+        method_params=json.loads(args.params),
+        cfg=json.loads(args.config),
+        primary="bench",
+        device=torch.device(args.device),
+        threads=args.threads,
     )
     elapsed = time.perf_counter() - start
     maps = open_maps(args.out)["maps"]

@@ -5,9 +5,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-if str(Path(workflow.main_snakefile).parent) not in sys.path:  # the library beside the Snakefile
-    sys.path.append(str(Path(workflow.main_snakefile).parent))
-
 from saliency_fingerprints.configuration import (
     canonical,
     check_dataset_files,
@@ -16,12 +13,14 @@ from saliency_fingerprints.configuration import (
     check_sanity_checks,
     check_schema,
     deep_merge,
+    expand_studies,
     experiment_primaries as _experiment_primaries,
     experiment_replicates,
     experiment_target,
     local_source,
     primary_name,
     sanity_primaries,
+    study_experiments,
 )
 from saliency_fingerprints.errors import ConfigError
 
@@ -35,6 +34,7 @@ def config_error(message):
 try:
     check_schema(config, Path(workflow.basedir) / "config/schema/config.schema.yaml")
     validate(config, schema="../config/schema/config.schema.yaml")  # fills in the defaults
+    STUDIES = expand_studies(config)  # studies -> experiments (study-<study>-<level>)
     check_experiments(config)
     check_sanity_checks(config)
     check_results_writable(config["results"])
@@ -66,6 +66,29 @@ def local_dataset_input(wildcards):
     """A local source archive or folder as an input, so a missing one stops the plan early and a
     replaced archive reruns the preparation (http(s) archives are fetched by the job itself)."""
     return local_source(config["dataset"])
+
+
+def table_experiments():
+    """Experiments of tables/cross_evaluation.* and their heatmaps and map grids: all but the
+    ones that studies added (those have tables/studies/<study>.*)."""
+    generated = study_experiments(STUDIES)
+    return [e for e in config["experiments"] if e not in generated]
+
+
+def study_levels(study):
+    """A study's levels as its table job sees them: level, experiment, methods."""
+    keys = ("level", "experiment", "methods")
+    return canonical([{k: lvl[k] for k in keys} for lvl in STUDIES[study]["levels"]])
+
+
+def study_parts(study):
+    """The original-map cross-evaluation of every experiment of a study's levels, each once."""
+    return list(
+        dict.fromkeys(
+            CROSS_EVAL.format(experiment=lvl["experiment"], variant="original")
+            for lvl in STUDIES[study]["levels"]
+        )
+    )
 
 
 def experiment_primaries(experiment, replicate=0):
@@ -109,6 +132,8 @@ def secondary_params(experiment, variants):
     cfg = secondary_config(experiment)
     if all(v == "original" for v in variants):
         cfg.pop("shuffle_seed", None)
+    if float(cfg.get("fit_fraction", 1.0)) == 1.0:  # the default: absent, as before the key
+        cfg.pop("fit_fraction", None)
     return canonical(cfg)
 
 
@@ -141,17 +166,13 @@ def plot_settings(*keys):
 
 
 def method_params(method):
-    if method not in config["methods"]:
-        raise ValueError(
-            f"methods.{method}: an experiment names method {method!r} but the config has no "
-            f"'methods.{method}' block"
-        )
     return canonical(config["methods"][method] or {})
 
 
 # -- paths --------------------------------------------------------------------------------------
-PRIMARY = f"{RESULTS}/primaries/{{architecture}}-seed{{seed}}"
-MAPS = f"{RESULTS}/saliency/{{target}}/{{method}}/{{architecture}}-seed{{seed}}.zarr"
+PRIMARY_NAME = primary_name("{architecture}", "{seed}")  # a primary's name, as wildcards
+PRIMARY = f"{RESULTS}/primaries/{PRIMARY_NAME}"
+MAPS = f"{RESULTS}/saliency/{{target}}/{{method}}/{PRIMARY_NAME}.zarr"
 SECONDARY = f"{RESULTS}/experiments/{{experiment}}/secondaries/{{method}}/{{variant}}"
 CROSS_EVAL = f"{RESULTS}/experiments/{{experiment}}/cross_evaluation/{{variant}}.csv"
 
@@ -199,11 +220,11 @@ def secondaries_of(experiment, variant):
 
 
 def primary_metrics():
-    """metrics.json of every primary of every experiment's replicates, each once."""
+    """metrics.json of every primary of every table experiment's replicates, each once."""
     return list(
         dict.fromkeys(
             f"{PRIMARY}/metrics.json".format(architecture=a, seed=s)
-            for e in config["experiments"]
+            for e in table_experiments()
             for a, s in all_primaries(e)
         )
     )
@@ -217,12 +238,21 @@ def final_outputs():
         f"{RESULTS}/tables/map_diagnostics.csv",
         f"{RESULTS}/tables/map_diagnostics.md",
     ]
-    for experiment in config["experiments"]:
+    for experiment in table_experiments():
         outputs.append(f"{RESULTS}/figures/maps/{experiment}.png")
+        if "input_agnostic" in experiment_methods(experiment):  # class maps per primary
+            outputs.append(f"{RESULTS}/figures/class_maps/{experiment}.png")
         for variant in experiment_variants(experiment):
             outputs.append(f"{RESULTS}/figures/cross_evaluation/{experiment}/{variant}.png")
     # the comparison with the paper, when config key paper_comparison maps its tables (paper.smk)
     outputs += paper_outputs()
     # sanity checks of the methods, when config key sanity_checks lists primaries (sanity.smk)
     outputs += sanity_outputs()
+    # studies (config key studies): a table and a figure each (studies.smk)
+    for study in STUDIES:
+        outputs += [
+            f"{RESULTS}/tables/studies/{study}.csv",
+            f"{RESULTS}/tables/studies/{study}.md",
+            f"{RESULTS}/figures/studies/{study}.png",
+        ]
     return outputs

@@ -28,7 +28,7 @@ rule combine_tables:
     input:
         parts=[
             CROSS_EVAL.format(experiment=e, variant=v)
-            for e in config["experiments"]
+            for e in table_experiments()
             for v in experiment_variants(e)
         ],
         primaries=primary_metrics(),

@@ -1,17 +1,15 @@
 # Helpers of rules/paper.smk: the paper_comparison config key, checked at parse time, and the
 # panels of the paper figure.
 
-import sys
-from pathlib import Path
-
-if str(Path(workflow.main_snakefile).parent) not in sys.path:
-    sys.path.append(str(Path(workflow.main_snakefile).parent))
-
+from saliency_fingerprints.errors import ConfigError
 from saliency_fingerprints.paper import check_paper_comparison, table_variant
 
 
 PAPER = config.get("paper_comparison") or {}
-check_paper_comparison(config)
+try:
+    check_paper_comparison(config)
+except ConfigError as error:
+    config_error(error)  # rules/common.smk: the same one-line ERROR: config: message
 
 
 def paper_figure_panels():

@@ -49,3 +49,29 @@ rule plot_map_grid:
         "../envs/pipeline.yaml"
     script:
         "../scripts/plot_map_grid.py"
+
+
+rule plot_class_maps:
+    input:
+        dataset=zarr_store(DATASET),
+        maps=lambda wc: zarr_store(maps_of(wc.experiment, ["input_agnostic"])),
+    output:
+        png=report(
+            f"{RESULTS}/figures/class_maps/{{experiment}}.png",
+            category="Maps",
+            subcategory="{experiment}",
+            caption="../report/class_maps.rst",
+        ),
+    params:
+        primaries=lambda wc: primary_names(wc.experiment),
+        plots=plot_settings("map_cmap", "dpi"),
+    log:
+        f"{LOGS}/plot_class_maps/{{experiment}}.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/plot_class_maps.py"

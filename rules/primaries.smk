@@ -7,7 +7,7 @@ rule train_primary:
     params:
         training=canonical(config["primary_training"]),
     log:
-        f"{LOGS}/train_primary/{{architecture}}-seed{{seed}}.log",
+        f"{LOGS}/train_primary/{PRIMARY_NAME}.log",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,

@@ -9,7 +9,7 @@ rule compute_saliency:
         saliency=lambda wc: saliency_params(wc.target),
         primary=lambda wc: primary_name(wc.architecture, wc.seed),
     log:
-        f"{LOGS}/compute_saliency/{{target}}/{{method}}/{{architecture}}-seed{{seed}}.log",
+        f"{LOGS}/compute_saliency/{{target}}/{{method}}/{PRIMARY_NAME}.log",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,

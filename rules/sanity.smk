@@ -15,7 +15,7 @@ rule train_random_label_primary:
         label_seed=lambda wc: sanity_settings()["random_labels"]["seed"],
         target_train_accuracy=lambda wc: random_label_target(),
     log:
-        f"{LOGS}/train_random_label_primary/{{architecture}}-seed{{seed}}.log",
+        f"{LOGS}/train_random_label_primary/{PRIMARY_NAME}.log",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
@@ -39,7 +39,7 @@ rule sanity_check:
         pass_size=config["saliency"]["pass_size"],
         primary=lambda wc: primary_name(wc.architecture, wc.seed),
     log:
-        f"{LOGS}/sanity_check/{{method}}/{{architecture}}-seed{{seed}}.log",
+        f"{LOGS}/sanity_check/{{method}}/{PRIMARY_NAME}.log",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
@@ -109,7 +109,7 @@ rule plot_sanity_maps:
         ],
     output:
         png=report(
-            f"{RESULTS}/figures/sanity/maps/{{architecture}}-seed{{seed}}.png",
+            f"{RESULTS}/figures/sanity/maps/{PRIMARY_NAME}.png",
             category="Sanity checks",
             caption="../report/sanity_maps.rst",
         ),
@@ -117,7 +117,7 @@ rule plot_sanity_maps:
         methods=lambda wc: list(sanity_settings()["methods"]),
         plots=plot_settings("map_cmap", "dpi"),
     log:
-        f"{LOGS}/plot_sanity_maps/{{architecture}}-seed{{seed}}.log",
+        f"{LOGS}/plot_sanity_maps/{PRIMARY_NAME}.log",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 2000 * attempt,

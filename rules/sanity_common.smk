@@ -1,9 +1,9 @@
 # Helpers of rules/sanity.smk: the sanity_checks config key, paths and params.
 
 SANITY = f"{RESULTS}/sanity"
-RANDOM_LABEL_PRIMARY = f"{SANITY}/primaries/{{architecture}}-seed{{seed}}-random_labels"
-SANITY_TABLE = f"{SANITY}/{{method}}/{{architecture}}-seed{{seed}}.csv"
-SANITY_MAPS = f"{SANITY}/{{method}}/{{architecture}}-seed{{seed}}.zarr"
+RANDOM_LABEL_PRIMARY = f"{SANITY}/primaries/{PRIMARY_NAME}-random_labels"
+SANITY_TABLE = f"{SANITY}/{{method}}/{PRIMARY_NAME}.csv"
+SANITY_MAPS = f"{SANITY}/{{method}}/{PRIMARY_NAME}.zarr"
 
 
 def sanity_settings():

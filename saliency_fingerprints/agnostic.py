@@ -90,6 +90,13 @@ Diagnostics (:func:`map_diagnostics`): the fraction of *all* samples classified 
 after subtracting the map (the method's success) and before (the baseline), the mean softmax
 probability of the label after and before, and the map's L2 norm. :func:`class_maps` computes
 them for every map it returns.
+
+Many maps at once (:func:`input_agnostic_maps`, the ``input_agnostic`` saliency method's engine):
+the search and refinement of ``n`` maps run together, every pass holding the ``n * b`` rows of
+their minibatches, each map with its own generator, gradient, Adam moments, sign test, ``Xi``
+and projection, so row ``i`` equals :func:`input_agnostic_map` with ``generators[i]`` up to float
+rounding (``tests/test_input_agnostic_method.py``); :func:`batch_diagnostics` gives their success
+and norms.
 """
 
 from __future__ import annotations
@@ -584,3 +591,218 @@ def _element_count(shape: Sequence[int], key: str) -> int:
             f"agnostic settings: {key} must be a shape of positive integers, got {shape!r}"
         )
     return math.prod(shape)
+
+
+# --- many maps at once ----------------------------------------------------------------------
+
+
+def input_agnostic_maps(
+    model: nn.Module,
+    samples: torch.Tensor,
+    labels: Sequence[int] | torch.Tensor,
+    settings: AgnosticSettings | None = None,
+    *,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """Many input-agnostic maps at once: row ``i`` is :func:`input_agnostic_map` of class
+    ``labels[i]`` with the generator ``generators[i]``, computed jointly (``(n, C, H, W)`` on the
+    model's device).
+
+    Every iteration of the search and of the refinement runs the ``n * b`` rows of all maps'
+    minibatches in one forward+backward pass (and the ``2 n b`` rows of the sign tests in one
+    forward pass); each map draws its minibatches from its own generator, and its gradient,
+    Adam moments, sign test, projection and ``Xi`` are its own (the refinement's Adam is
+    element-wise, so one optimiser over the ``(n, C, H, W)`` tensor is ``n`` independent ones).
+    A map is therefore the same whatever else is in the batch, up to float rounding of the
+    larger passes (a rounding difference can flip a tied sign test, after which the maps of
+    the two computations differ; on the CPU that did not happen in the tests). ``n`` times the
+    memory of one map's passes: callers bound ``n`` (the ``input_agnostic`` method: rows per
+    pass)."""
+    settings = settings if settings is not None else AgnosticSettings()
+    device = _model_device(model)
+    samples = _check_samples(samples).to(device=device, dtype=_model_dtype(model))
+    labels = [int(label) for label in (labels.tolist() if torch.is_tensor(labels) else labels)]
+    generators = list(generators)
+    if not labels:
+        return torch.zeros((0, *samples.shape[1:]), dtype=samples.dtype, device=device)
+    if len(generators) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(generators)} generators")
+    for generator in generators:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generators must be torch.Generators, got {type(generator).__name__}")
+    was_training = model.training
+    model.eval()
+    try:
+        for label in sorted(set(labels)):
+            _check_label(model, samples, label)
+        eta = settings.radius(samples.shape[1:])
+        layer = activation_layer(model, samples[:1])
+        target = torch.tensor(labels, dtype=torch.long, device=device)
+        nu = torch.zeros((len(labels), *samples.shape[1:]), dtype=samples.dtype, device=device)
+        for _cycle in range(settings.cycles):
+            nu = _search_many(model, samples, target, settings, eta, nu, generators)
+            nu = _refine_many(model, layer, samples, target, settings, eta, nu, generators)
+    finally:
+        model.train(was_training)
+    return nu.detach()
+
+
+def batch_diagnostics(
+    model: nn.Module,
+    samples: torch.Tensor,
+    labels: Sequence[int] | torch.Tensor,
+    maps: torch.Tensor,
+    settings: AgnosticSettings | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per map (``(n,)`` float64 on the CPU): ``success`` (fraction of *all* samples classified
+    as the map's label after subtracting it), ``probability`` (their mean softmax probability of
+    the label) and ``norm`` (the map's L2 norm); the first two as in :func:`map_diagnostics`,
+    without its clean baseline. Deterministic (no draws); ``eval_batch_size`` rows per pass."""
+    settings = settings if settings is not None else AgnosticSettings()
+    device = _model_device(model)
+    samples = _check_samples(samples)
+    labels = [int(label) for label in (labels.tolist() if torch.is_tensor(labels) else labels)]
+    maps = maps.detach().to(device=device, dtype=_model_dtype(model))
+    if maps.shape[1:] != samples.shape[1:] or len(maps) != len(labels):
+        raise ValueError(f"maps {tuple(maps.shape)} do not fit {len(labels)} labels / samples")
+    hits = torch.zeros(len(labels), dtype=torch.float64)
+    probability = torch.zeros(len(labels), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(samples), settings.eval_batch_size):
+                batch = samples[start : start + settings.eval_batch_size]
+                batch = batch.to(device=device, dtype=maps.dtype)
+                for i, label in enumerate(labels):
+                    probs = F.softmax(model(_clip(batch - maps[i], settings)).float(), dim=1)
+                    hits[i] += int((probs.argmax(dim=1) == label).sum())
+                    probability[i] += float(probs[:, label].sum())
+    finally:
+        model.train(was_training)
+    n = len(samples)
+    norms = torch.linalg.vector_norm(maps.float().flatten(1), dim=1).double().cpu()
+    return {"success": hits / n, "probability": probability / n, "norm": norms}
+
+
+def _project_many(nu: torch.Tensor, eta: float) -> torch.Tensor:
+    """:func:`project_l2` per map (row) of ``nu``."""
+    norm = torch.linalg.vector_norm(nu.flatten(1), dim=1)
+    factor = torch.where(norm <= eta, torch.ones_like(norm), eta / norm.clamp_min(1e-30))
+    return nu * factor.view(-1, *([1] * (nu.dim() - 1)))
+
+
+def _draw_many(
+    samples: torch.Tensor, b: int, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """``(n, b, C, H, W)``: each map's minibatch from its own generator (as :func:`_draw`)."""
+    return torch.stack([_draw(samples, b, generator) for generator in generators])
+
+
+def _search_many(
+    model: nn.Module,
+    samples: torch.Tensor,
+    target: torch.Tensor,
+    settings: AgnosticSettings,
+    eta: float,
+    seed_maps: torch.Tensor,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """:func:`_search` for every row of ``seed_maps`` at once."""
+    n, b = len(target), settings.batch_size
+    beta1, beta2 = settings.beta1, settings.beta2
+    shape = samples.shape[1:]
+    row_target = target.repeat_interleave(b)
+    expand = (n, *([1] * len(shape)))
+    nu = seed_maps.detach().clone()
+    mu = torch.zeros_like(nu)
+    sigma = torch.zeros_like(nu)
+    for k in range(1, settings.iterations + 1):
+        batch = _draw_many(samples, b, generators)
+        nudged = _clip(batch - nu.unsqueeze(1), settings).reshape(n * b, *shape)
+        nudged.requires_grad_(True)
+        loss = F.cross_entropy(model(nudged), row_target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, nudged)
+        x = grad.view(n, b, *shape).sum(dim=1) / b
+        mu = beta1 * mu + (1 - beta1) * x
+        sigma = beta2 * sigma + (1 - beta2) * x * x
+        v = (mu / (1 - beta1**k)) / (torch.sqrt(sigma / (1 - beta2**k)) + settings.adam_eps)
+        v_norm = torch.linalg.vector_norm(v.flatten(1), dim=1)
+        active = v_norm > 0  # a map without gradient signal keeps its map this iteration
+        unit = v / v_norm.clamp_min(1e-30).view(expand)
+        with torch.no_grad():
+            plus_set = _clip(batch - (nu + unit).unsqueeze(1), settings).reshape(n * b, *shape)
+            minus_set = _clip(batch - (nu - unit).unsqueeze(1), settings).reshape(n * b, *shape)
+            predicted = model(torch.cat([plus_set, minus_set])).argmax(dim=1)
+            hits = (predicted == row_target.repeat(2)).view(2, n, b).sum(dim=2)
+        sign = torch.where(hits[0] >= hits[1], 1.0, -1.0).to(nu.dtype).view(expand)
+        stepped = _project_many(nu + sign * v, eta)
+        nu = torch.where(active.view(expand), stepped, nu)
+    return nu
+
+
+def _activation_weights_many(model: nn.Module, layer: nn.Module, nu: torch.Tensor) -> torch.Tensor:
+    """:func:`activation_weights` for every row of ``nu`` (one forward pass)."""
+    captured: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            model(nu.detach())
+    finally:
+        hook.remove()
+    if not captured:
+        raise ConfigError("agnostic maps: the activation layer did not run in the forward pass")
+    activation = captured[-1].mean(dim=1, keepdim=True)
+    activation = F.interpolate(
+        activation, size=nu.shape[-2:], mode="bilinear", align_corners=False
+    )[:, 0]
+    flat = activation.flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    span = (high - low).view(-1, 1, 1)
+    xi = torch.where(
+        span > 0,
+        (activation - low.view(-1, 1, 1)) / span.clamp_min(1e-30),
+        torch.zeros_like(activation),
+    )
+    return xi.unsqueeze(1).expand_as(nu).detach()
+
+
+def _refine_many(
+    model: nn.Module,
+    layer: nn.Module,
+    samples: torch.Tensor,
+    target: torch.Tensor,
+    settings: AgnosticSettings,
+    eta: float,
+    seed_maps: torch.Tensor,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """:func:`_refine` for every row of ``seed_maps`` at once: the sum of the maps' own losses,
+    so each map's gradient is its own loss's."""
+    n, b = len(target), settings.batch_size
+    shape = samples.shape[1:]
+    nu = seed_maps.detach().clone().requires_grad_(True)
+    if settings.refine_iterations > 0:
+        optimiser = torch.optim.Adam(
+            [nu],
+            lr=settings.refine_lr,
+            betas=(settings.beta1, settings.beta2),
+            eps=settings.adam_eps,
+        )
+        row_target = target.repeat_interleave(b)
+        xi = None if settings.recompute_xi else _activation_weights_many(model, layer, nu)
+        for _ in range(settings.refine_iterations):
+            if settings.recompute_xi or xi is None:
+                xi = _activation_weights_many(model, layer, nu)
+            batch = _draw_many(samples, b, generators)
+            inputs = _clip(batch - nu.unsqueeze(1), settings).reshape(n * b, *shape)
+            ce = F.cross_entropy(model(inputs), row_target, reduction="none").view(n, b).mean(1)
+            penalty = settings.lam * (nu * (1 - xi)).abs().flatten(1).mean(1)
+            (grad,) = torch.autograd.grad((ce + penalty).sum(), nu)
+            nu.grad = grad
+            optimiser.step()
+            nu.grad = None
+    span = settings.clip_max - settings.clip_min
+    with torch.no_grad():
+        refined = nu.detach().clamp(-span, span)
+    return _project_many(refined, eta)

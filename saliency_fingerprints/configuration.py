@@ -292,3 +292,156 @@ def check_dataset_files(dataset: Mapping) -> None:
             f"dataset.url: archive {local['archive']!r} not found (relative to {os.getcwd()}); "
             "expected an existing .tar.gz/.tgz/.tar/.tar.bz2/.tar.xz/.zip file"
         )
+
+
+# -- studies (beyond the paper): config blocks that expand into ordinary experiments -------------
+
+STUDY_KINDS = ("n_primaries", "learning_curve")
+
+
+def study_level_name(study: str, level: float) -> str:
+    """The experiment of one level of a study: ``study-n_primaries-4``,
+    ``study-learning_curve-0p25`` (a point is not allowed in experiment names)."""
+    text = f"{level:g}" if isinstance(level, float) else str(level)
+    return f"study-{study}-{text.replace('.', 'p')}"
+
+
+def experiment_identity(config: Mapping, experiment: str) -> tuple:
+    """What decides the secondaries of an experiment apart from its methods and variants: the
+    primaries of every replicate, the target and the secondary settings (with the replicate
+    seeds they imply). Two experiments with the same identity train the same secondary for a
+    method on its original maps."""
+    cfg = deep_merge(config["secondary"], config["experiments"][experiment].get("secondary") or {})
+    cfg.setdefault("fit_fraction", 1.0)
+    cfg.pop("shuffle_seed", None)  # shapes the shuffled variants only
+    primaries = tuple(
+        tuple(experiment_primaries(config, experiment, r))
+        for r in experiment_replicates(config, experiment)
+    )
+    return primaries, experiment_target(config, experiment), repr(canonical(cfg))
+
+
+def _same_as(config: Mapping, name: str, candidate: Mapping) -> str | None:
+    """An existing experiment that trains ``candidate``'s secondaries on original maps (its
+    identity, its methods among them), or None."""
+    trial = {**config, "experiments": {**config["experiments"], name: candidate}}
+    identity = experiment_identity(trial, name)
+    for other, experiment in config["experiments"].items():
+        if other == name:
+            continue
+        if (
+            set(candidate["methods"]) <= set(experiment["methods"])
+            and "original" in experiment.get("variants", ["original"])
+            and experiment_identity(trial, other) == identity
+        ):
+            return other
+    return None
+
+
+def _n_primaries_levels(config: Mapping, block: Mapping) -> list[tuple[int, dict]]:
+    architecture, methods = block["architecture"], list(block.get("methods") or ["grad"])
+    levels = []
+    for k in block["counts"]:
+        experiment = {
+            "description": (
+                f"Study n_primaries: {k} {architecture} primaries (seeds 0-{k - 1}), chance 1/{k}."
+            ),
+            "primaries": [{"architecture": architecture, "seeds": list(range(int(k)))}],
+            "methods": methods,
+            "variants": ["original"],
+        }
+        for key in ("target", "secondary", "replicates"):
+            if block.get(key):
+                experiment[key] = copy.deepcopy(block[key])
+        levels.append((int(k), experiment))
+    return levels
+
+
+def _learning_curve_levels(config: Mapping, block: Mapping) -> list[tuple[float, dict]]:
+    base_name = block["experiment"]
+    if base_name not in config["experiments"]:
+        raise ConfigError(
+            f"studies.learning_curve.experiment: got {base_name!r}; expected one of: "
+            + ", ".join(config["experiments"])
+        )
+    base = config["experiments"][base_name]
+    methods = list(block.get("methods") or base["methods"])
+    levels = []
+    for fraction in block["fractions"]:
+        fraction = float(fraction)
+        experiment = {
+            "description": (
+                f"Study learning_curve: {base_name}'s secondaries fitted on {fraction:g} of "
+                "their fitting images."
+            ),
+            "primaries": copy.deepcopy(base["primaries"]),
+            "methods": methods,
+            "variants": ["original"],
+            "secondary": {**copy.deepcopy(base.get("secondary") or {}), "fit_fraction": fraction},
+        }
+        for key in ("target", "replicates"):
+            if base.get(key):
+                experiment[key] = copy.deepcopy(base[key])
+        levels.append((fraction, experiment))
+    return levels
+
+
+def expand_studies(config: dict) -> dict[str, dict]:
+    """Add every enabled study's experiments to ``config["experiments"]`` (the config after
+    validation, which filled the defaults) and return the plan of each study:
+    ``{study: {"levels": [{"level", "experiment", "methods", "generated"}, ...]}}``.
+
+    One experiment per level, named :func:`study_level_name`; a level whose experiment has the
+    identity (:func:`experiment_identity`) of an existing experiment with its methods is that
+    experiment (``generated`` false), so nothing is trained twice. Primaries and map stores are
+    shared by identity anyway (paths name architecture, seed, target and method). Running it
+    again on an expanded config changes nothing."""
+    plan: dict[str, dict] = {}
+    for study, block in (config.get("studies") or {}).items():
+        if not block or not block.get("enabled", True):
+            continue
+        if study == "n_primaries":
+            levels = _n_primaries_levels(config, block)
+        elif study == "learning_curve":
+            levels = _learning_curve_levels(config, block)
+        else:  # the schema admits only the kinds above
+            raise ConfigError(f"studies.{study}: unknown study; expected one of: {STUDY_KINDS}")
+        check_method_names(config, levels[0][1]["methods"], f"studies.{study}.methods")
+        plan[study] = {"levels": []}
+        for level, experiment in levels:
+            name = study_level_name(study, level)
+            existing = config["experiments"].get(name)
+            same = _same_as(config, name, experiment)
+            if existing is not None and not _is_expansion(existing, experiment):
+                raise ConfigError(
+                    f"studies.{study}: level {level} is experiment {name}, which experiments "
+                    "already defines differently; expected no experiment named "
+                    "study-<study>-<level>"
+                )
+            generated = same is None
+            if generated:
+                config["experiments"][name] = experiment
+            plan[study]["levels"].append(
+                {
+                    "level": level,
+                    "experiment": name if generated else same,
+                    "methods": list(experiment["methods"]),
+                    "generated": generated,
+                }
+            )
+    return plan
+
+
+def _is_expansion(existing: Mapping, experiment: Mapping) -> bool:
+    """``existing`` is ``experiment`` after validation filled its defaults (a second expansion)."""
+    return all(existing.get(k) == v for k, v in experiment.items())
+
+
+def study_experiments(plan: Mapping) -> set[str]:
+    """The experiments that studies added (they stay out of tables/cross_evaluation.*)."""
+    return {
+        level["experiment"]
+        for study in plan.values()
+        for level in study["levels"]
+        if level["generated"]
+    }

@@ -391,7 +391,7 @@ def load_source(cfg: dict) -> ImageSet:
     return SOURCES[source](cfg)
 
 
-def prepare_dataset(cfg: dict, out: str | Path) -> xr.Dataset:
+def prepare_dataset(*, cfg: dict, out: str | Path) -> xr.Dataset:
     """Load the configured source and write the dataset store atomically."""
     prov = Provenance("prepare_dataset", cfg)
     data = load_source(cfg)

@@ -25,6 +25,8 @@ returns one row of numbers that say how much there was before that scaling:
   ``ig_sum / ig_delta`` (1 = the map accounts for the whole change of the target logit from the
   baseline to the image): its median and 5th-95th percentiles over maps with
   ``ig_delta != 0``.
+* Input-agnostic class maps (from ``ia_success`` and ``ia_norm``): the median and mean fraction
+  of the sample set (train split) a map moves to its class, and the median map norm.
 
 A store written before these variables were recorded gets NaN in their columns and a ``notes``
 entry saying so (rebuild it to fill them); nothing is estimated in their place.
@@ -53,6 +55,8 @@ MP = "meaningful_perturbation"
 IG = "integrated_gradients"
 MP_VARIABLES = ("mp_score", "mask_area")
 IG_VARIABLES = ("ig_sum", "ig_delta")
+IA = "input_agnostic"
+IA_VARIABLES = ("ia_success", "ia_norm")
 COLUMNS = [
     "method",
     "primary",
@@ -66,6 +70,9 @@ COLUMNS = [
     "completeness_median",
     "completeness_q05",
     "completeness_q95",
+    "ia_success_median",
+    "ia_success_mean",
+    "ia_norm_median",
     "notes",
 ]
 
@@ -172,6 +179,14 @@ def store_diagnostics(
             undefined = int(np.isnan(ratio).sum())
             if undefined:
                 notes.append(f"{undefined} maps with ig_delta = 0 left out of completeness")
+    elif method == IA:
+        values = _variables(ds, IA_VARIABLES)
+        if values is None:
+            notes.append(missing_note(IA_VARIABLES))
+        else:
+            row["ia_success_median"] = _stat(values["ia_success"], "median")
+            row["ia_success_mean"] = _stat(values["ia_success"], "mean")
+            row["ia_norm_median"] = _stat(values["ia_norm"], "median")
     row["notes"] = "; ".join(notes)
     return row
 
@@ -210,11 +225,15 @@ def markdown_report(table: pd.DataFrame, threshold: float) -> str:
         "score (softmax or logit, as configured) left on the image perturbed by the final "
         "mask. `mask_area_*`: the fraction of the image deleted. `completeness_*` (IG): sum of "
         "the map / (f(x) - f(baseline)) of the target logit, median and 5th-95th percentiles "
-        "(1 = complete).\n\n" + shown.to_markdown(index=False, floatfmt=".4g") + "\n"
+        "(1 = complete). `ia_*` (IA): fraction of the train split classified as the map's class "
+        "after subtracting the map (median, mean) and the map's L2 norm (median).\n\n"
+        + shown.to_markdown(index=False, floatfmt=".4g")
+        + "\n"
     )
 
 
 def write_diagnostics(
+    *,
     paths: Sequence[str | Path],
     out_csv: str | Path,
     out_md: str | Path,

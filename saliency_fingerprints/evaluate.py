@@ -16,9 +16,9 @@ from scipy.stats import binomtest
 from .classcue import class_cue_predict, fit_class_cue, same_class_images
 from .provenance import Provenance, as_attr
 from .replicates import format_p, mcnemar_variance, paired_difference, replicate_interval
-from .runtime import describe_device, set_determinism
 from .saliency import SHORT_NAMES, open_maps
 from .secondary import load_mapset, split_ids, to_tensors
+from .stage import Stage
 from .store import atomic_output
 from .training import load_model, predict
 
@@ -147,7 +147,7 @@ def cross_evaluate(
     the paired comparison, and the accuracy on the maps of images that every primary explains
     as the same class. Writes one row per (replicate, train method, test method).
     """
-    prov = Provenance(
+    stage = Stage(
         "cross_evaluate",
         {
             "experiment": experiment,
@@ -157,9 +157,10 @@ def cross_evaluate(
             ],
             **cfg,
         },
-        describe_device(device),
+        device,
+        seed=int(cfg["seed"]),
+        threads=threads,
     )
-    set_determinism(int(cfg["seed"]), threads)
     rows = []
     loaded: dict[tuple, dict] = {}  # replicates on the same primaries share their test maps
     for rep in replicates:
@@ -221,7 +222,7 @@ def cross_evaluate(
                     rows[-1]["n_same_class"],
                 )
     table = pd.DataFrame(rows, columns=REPLICATE_COLUMNS)
-    write_table(table, out_csv, prov.finish())
+    write_table(table, out_csv, stage.finish())
     return table
 
 
@@ -466,10 +467,10 @@ def primary_test_accuracy(metrics: list[str | Path]) -> dict[str, float]:
 
 
 def combine_tables(
+    *,
     parts: list[str | Path],
     out_csv: str | Path,
     out_md: str | Path,
-    *,
     out_replicates: str | Path | None = None,
     primary_metrics: list[str | Path] = (),
 ) -> pd.DataFrame:

@@ -337,7 +337,7 @@ def _ours_vs_paper_matrix(block: pd.DataFrame) -> str:
 
 
 def write_comparison(
-    cross_evaluation_csv: str | Path, cfg: dict, out_csv: str | Path, out_md: str | Path
+    *, cross_evaluation_csv: str | Path, cfg: dict, out_csv: str | Path, out_md: str | Path
 ) -> pd.DataFrame:
     """The comparison as CSV and markdown, both written atomically."""
     from .store import atomic_output

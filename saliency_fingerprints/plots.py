@@ -33,7 +33,7 @@ def _save(fig, out: str | Path, dpi: int) -> None:
 
 
 def plot_heatmap(
-    table: pd.DataFrame, out: str | Path, title: str, cmap: str = "viridis", dpi: int = 150
+    *, table: pd.DataFrame, out: str | Path, title: str, cmap: str = "viridis", dpi: int = 150
 ) -> None:
     """Accuracy heatmap, rows: test method, columns: training method; chance marked."""
     matrix = as_matrix(table)
@@ -123,6 +123,7 @@ def _draw_map_grid(fig, rows, sample_ids, cmap, dataset=None, title=None, min_ro
 
 
 def plot_map_grid(
+    *,
     stores: dict[str, dict[str, str | Path]],
     out: str | Path,
     n_images: int,
@@ -144,7 +145,83 @@ def plot_map_grid(
     _save(fig, out, dpi)
 
 
+def class_map_rows(stores: dict[str, str | Path]) -> tuple[list[int], dict[str, dict]]:
+    """Per primary (in order): class -> ``(map (C, H, W), ia_success or nan, draws)``, the map
+    being the class's first draw (the row with the lowest sample id whose target is the class);
+    and the classes any primary has, sorted."""
+    rows: dict[str, dict] = {}
+    for primary, path in stores.items():
+        ds = open_maps(path)
+        targets = ds["target"].values
+        success = ds["ia_success"].values if "ia_success" in ds else np.full(len(targets), np.nan)
+        order = np.argsort(ds["sample"].values, kind="stable")
+        per_class = {}
+        for label in np.unique(targets):
+            where = order[targets[order] == label]
+            first = int(where[0])
+            per_class[int(label)] = (
+                np.asarray(ds["maps"].isel(sample=first).values, dtype=np.float32),
+                float(success[first]),
+                len(where),
+            )
+        rows[primary] = per_class
+    classes = sorted({label for per_class in rows.values() for label in per_class})
+    return classes, rows
+
+
+def _map_image(nu: np.ndarray) -> np.ndarray:
+    """A signed map ``(C, H, W)`` as an image: min-max scaled to [0, 1] (the paper's display);
+    RGB ``(H, W, 3)`` for three channels, ``(H, W)`` otherwise (channel mean)."""
+    image = nu.transpose(1, 2, 0) if nu.shape[0] == 3 else nu.mean(axis=0)
+    low, high = float(image.min()), float(image.max())
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def plot_class_maps(
+    *,
+    stores: dict[str, str | Path],
+    out: str | Path,
+    class_names: list[str] | None = None,
+    cmap: str = "gray",
+    dpi: int = 150,
+    title: str | None = None,
+) -> None:
+    """Input-agnostic class maps per primary (Akhtar & Jalwana 2023, Fig. 3, for our
+    primaries): one row per primary, one column per class; each cell the class's first draw in
+    the primary's ``input_agnostic`` store, min-max scaled, titled with its ``ia_success`` (the
+    fraction of the train split it moves to the class). ``stores``: primary -> store path."""
+    classes, rows = class_map_rows(stores)
+    fig, axes = plt.subplots(
+        len(rows),
+        len(classes),
+        figsize=(1.1 * len(classes) + 1.5, 1.25 * len(rows) + 0.4),
+        squeeze=False,
+    )
+    for r, (primary, per_class) in enumerate(rows.items()):
+        for c, label in enumerate(classes):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if label in per_class:
+                nu, success, draws = per_class[label]
+                ax.imshow(_map_image(nu), cmap=cmap, interpolation="nearest")
+                if np.isfinite(success):
+                    ax.set_xlabel(f"{success:.2f} ({draws})", fontsize=6)
+            else:
+                ax.set_axis_off()
+            if r == 0:
+                name = class_names[label] if class_names and label < len(class_names) else label
+                ax.set_title(str(name), fontsize=7)
+        axes[r, 0].set_ylabel(primary, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(
+        title or "Input-agnostic class maps (below: success on the train split, draws)",
+        fontsize=8,
+    )
+    _save(fig, out, dpi)
+
+
 def plot_paper_figure(
+    *,
     panels: list[dict],
     out: str | Path,
     n_images: int,
@@ -191,7 +268,7 @@ def plot_paper_figure(
 # -- sanity checks -------------------------------------------------------------------------------
 
 
-def plot_sanity_curves(summary: pd.DataFrame, out: str | Path, dpi: int = 150) -> None:
+def plot_sanity_curves(*, summary: pd.DataFrame, out: str | Path, dpi: int = 150) -> None:
     """Adebayo et al.'s figure: median Spearman rank correlation of |map| (band: quartiles)
     with the trained model's maps, as the weight layers are randomised from the top; then the
     random-label primary and the input shift. One panel per primary, one line per method."""
@@ -250,7 +327,7 @@ def plot_sanity_curves(summary: pd.DataFrame, out: str | Path, dpi: int = 150) -
 
 
 def plot_sanity_maps(
-    stores: dict[str, str | Path], out: str | Path, cmap: str = "magma", dpi: int = 150
+    *, stores: dict[str, str | Path], out: str | Path, cmap: str = "magma", dpi: int = 150
 ) -> None:
     """The kept test images' maps under every change: per image, the image, then one row per
     method; one column per stage (trained, each randomisation step, random labels, input
@@ -286,4 +363,71 @@ def plot_sanity_maps(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{first.attrs.get('primary', '')}: |map| under each change", fontsize=9)
+    _save(fig, out, dpi)
+
+
+# -- studies -------------------------------------------------------------------------------------
+
+
+def plot_study(
+    *,
+    study: str,
+    table: pd.DataFrame,
+    replicates: pd.DataFrame,
+    out: str | Path,
+    level_name: str = "level",
+    dpi: int = 150,
+) -> None:
+    """A study's accuracy per level, one line per method: the mean with error bars of ± one sd
+    across replicates, the 95% interval as a thin bar, every replicate as a dot; chance and the
+    class cue of each level as dashed and dotted lines. Levels are evenly spaced, labelled."""
+    levels = list(dict.fromkeys(table["level"]))
+    x = {level: i for i, level in enumerate(levels)}
+    methods = list(dict.fromkeys(table["method"]))
+    fig, ax = plt.subplots(figsize=(1.1 * len(levels) + 3.2, 3.6))
+    width = 0.25 / max(1, len(methods))
+    for m, method in enumerate(methods):
+        rows = table[table["method"] == method]
+        offset = (m - (len(methods) - 1) / 2) * width
+        xs = np.array([x[level] for level in rows["level"]]) + offset
+        colour = f"C{m}"
+        ax.vlines(xs, rows["ci_low"], rows["ci_high"], color=colour, linewidth=1, alpha=0.5)
+        ax.errorbar(
+            xs,
+            rows["accuracy"],
+            yerr=rows["accuracy_sd"],
+            color=colour,
+            marker="o",
+            capsize=4,
+            linewidth=1.5,
+            label=SHORT_NAMES.get(method, method),
+        )
+        reps = replicates[replicates["train_method"] == method]
+        ax.scatter(
+            np.array([x[level] for level in reps["level"]]) + offset,
+            reps["accuracy"],
+            color=colour,
+            s=10,
+            alpha=0.5,
+            zorder=3,
+        )
+    per_level = table.drop_duplicates("level")
+    xs = [x[level] for level in per_level["level"]]
+    ax.plot(xs, per_level["chance"], "k--", linewidth=1, label="chance")
+    cue = table.groupby("level", sort=False)["class_cue"].mean()
+    ax.plot([x[level] for level in cue.index], cue.values, ":", color="grey", label="class cue")
+    ax.set_xticks(
+        range(len(levels)), [f"{v:g}" if isinstance(v, float) else str(v) for v in levels]
+    )
+    ax.set_xlim(-0.5, len(levels) - 0.5)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(level_name)
+    ax.set_ylabel("secondary test accuracy")
+    n_reps = int(table["n_replicates"].max())
+    ax.set_title(
+        f"study {study}: mean ± sd of {n_reps} replicate(s) (dots), thin bar: 95% interval",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(axis="y", alpha=0.3)
     _save(fig, out, dpi)

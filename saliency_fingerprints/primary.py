@@ -8,21 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .configuration import primary_name
 from .datasets import open_dataset
 from .errors import ConfigError
 from .models import build_model
-from .provenance import Provenance
-from .runtime import describe_device, set_determinism
 from .stacked import train_models
-from .store import write_json
+from .stage import Stage
 from .training import TrainSettings, predict, save_model
 
 log = logging.getLogger(__name__)
-
-
-def primary_id(architecture: str, seed: int) -> str:
-    """The name a primary goes by in paths, stores and tables."""
-    return f"{architecture}-seed{seed}"
 
 
 def training_subset(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -47,6 +41,7 @@ def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
 
 
 def train_primary(
+    *,
     dataset_path: str | Path,
     architecture: str,
     seed: int,
@@ -56,7 +51,6 @@ def train_primary(
     device: torch.device,
     threads: int | None = None,
     label_permutation_seed: int | None = None,
-    *,
     stop_at_train_accuracy: float | None = None,
     config_key: str = "primary_training",
 ) -> dict:
@@ -72,8 +66,7 @@ def train_primary(
     config["label_permutation_seed"] = label_permutation_seed
     if stop_at_train_accuracy is not None:
         config["target_train_accuracy"] = stop_at_train_accuracy
-    prov = Provenance("train_primary", {**config, **cfg}, describe_device(device))
-    set_determinism(seed, threads)
+    stage = Stage("train_primary", {**config, **cfg}, device, seed=seed, threads=threads)
     settings = TrainSettings.from_config(cfg, config_key)
     ds, info = open_dataset(dataset_path)
     split = ds["split"].values
@@ -90,10 +83,10 @@ def train_primary(
         model = build_model(architecture, info.channels, info.image_size, len(info.classes))
     except ConfigError as err:  # name the primary and the dataset the check failed on
         raise ConfigError(
-            f"primary {primary_id(architecture, seed)} on {dataset_path}: {err}"
+            f"primary {primary_name(architecture, seed)} on {dataset_path}: {err}"
         ) from None
     model = model.to(device)
-    name = primary_id(architecture, seed)
+    name = primary_name(architecture, seed)
     if label_permutation_seed is not None:
         name += "-random_labels"
     log.info(
@@ -102,7 +95,7 @@ def train_primary(
         len(train_ids),
         int((split == "train").sum()),
         len(test_ids),
-        describe_device(device),
+        stage.device_line,
     )
     train_idx = torch.from_numpy(train_ids).to(device)
     test_idx = torch.from_numpy(test_ids).to(device)
@@ -134,7 +127,6 @@ def train_primary(
         "test_prediction_counts": class_counts(predicted, info.classes),
         "test_label_counts": class_counts(label_values[test_ids], info.classes),
         "history": history,
-        "provenance": prov.finish(),
     }
     if stop_at_train_accuracy is not None:
         reached = history[-1]["train_accuracy"] >= stop_at_train_accuracy
@@ -152,5 +144,4 @@ def train_primary(
                 len(history),
                 stop_at_train_accuracy,
             )
-    write_json(metrics_out, metrics)
-    return metrics
+    return stage.write_metrics(metrics_out, metrics)

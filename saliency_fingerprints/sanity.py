@@ -36,13 +36,14 @@ import xarray as xr
 from scipy.stats import rankdata
 from torch import nn
 
+from .configuration import primary_name
 from .datasets import open_dataset
 from .errors import ConfigError, DataError
 from .evaluate import write_table
-from .primary import primary_id, train_primary
+from .primary import train_primary
 from .provenance import Provenance, as_attr
-from .runtime import describe_device, set_determinism
 from .saliency import SHORT_NAMES, build_method, resolve_pass_size
+from .stage import Stage
 from .store import atomic_output, write_dataset, write_json
 from .training import load_model, predict
 
@@ -172,6 +173,7 @@ RANDOM_LABELS_SUFFIX = "-random_labels"
 
 
 def train_random_label_primary(
+    *,
     dataset_path: str | Path,
     architecture: str,
     seed: int,
@@ -198,14 +200,14 @@ def train_random_label_primary(
             f"got {target_train_accuracy}"
         )
     metrics = train_primary(
-        dataset_path,
-        architecture,
-        seed,
-        cfg,
-        weights_out,
-        metrics_out,
-        device,
-        threads,
+        dataset_path=dataset_path,
+        architecture=architecture,
+        seed=seed,
+        cfg=cfg,
+        weights_out=weights_out,
+        metrics_out=metrics_out,
+        device=device,
+        threads=threads,
         label_permutation_seed=label_seed,
         stop_at_train_accuracy=target_train_accuracy,
         config_key="sanity_checks.random_labels",
@@ -234,7 +236,7 @@ def random_label_summary(metrics: list[dict]) -> pd.DataFrame:
             )
         rows.append(
             {
-                "primary": primary_id(m["architecture"], m["seed"]),
+                "primary": primary_name(m["architecture"], m["seed"]),
                 "copy_epochs": int(m["epochs_run"]),
                 "copy_max_epochs": int(m["max_epochs"]),
                 "copy_train_accuracy": float(m["final_train_accuracy"]),
@@ -271,6 +273,7 @@ def select_test_images(split: np.ndarray, n_images: int, seed: int) -> np.ndarra
 
 
 def run_sanity_checks(
+    *,
     dataset_path: str | Path,
     weights_path: str | Path,
     random_label_weights_path: str | Path | None,
@@ -288,30 +291,31 @@ def run_sanity_checks(
     of per-image similarities to the primary's maps (``table_out``, CSV) and, for the first
     ``figure_images`` images, every map set (``maps_out``, Zarr, dims stage/sample/channel/y/x).
     """
-    seed = int(cfg.get("seed", 0))
-    prov = Provenance(
+    seed = int(cfg["seed"])
+    stage = Stage(
         "sanity_checks",
         {"method": method, "method_params": method_params, "primary": primary, **cfg},
-        describe_device(device),
+        device,
+        seed=seed,
+        threads=threads,
     )
-    set_determinism(seed, threads)
     ds, info = open_dataset(dataset_path)
     ids = select_test_images(ds["split"].values, int(cfg["n_images"]), seed)
     images = torch.from_numpy(ds["image"].values[ids]).to(device)
     labels = torch.from_numpy(ds["label"].values[ids].astype(np.int64)).to(device)
     model = load_model(weights_path, device)
-    pass_size = resolve_pass_size(saliency_cfg.get("pass_size", 64), model, images.shape[1:])
+    pass_size = resolve_pass_size(saliency_cfg["pass_size"], model, images.shape[1:])
 
     def maps_of(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         engine = build_method(method, net.eval(), method_params, pass_size)
         return engine.attribute(inputs, targets, ids.tolist()).detach().cpu().numpy()
 
     predicted = predict(model, images, batch_size=pass_size)
-    targets = labels if saliency_cfg.get("target", "predicted") == "true" else predicted
+    targets = labels if saliency_cfg["target"] == "true" else predicted
     reference = maps_of(model, images, targets)
     stages: list[tuple[str, str, int, np.ndarray]] = [("trained", NO_LAYER, 0, reference)]
 
-    mode = cfg.get("parameter_randomisation", "cascading")
+    mode = cfg["parameter_randomisation"]
     for layer, step, net in randomised_models(model, mode, seed):
         stages.append((f"randomised_{mode}", layer, step, maps_of(net, images, targets)))
         log.info("%s %s: %s randomisation, step %d (%s)", primary, method, mode, step, layer)
@@ -319,7 +323,7 @@ def run_sanity_checks(
         permuted = load_model(random_label_weights_path, device)
         stages.append(("random_labels", NO_LAYER, 0, maps_of(permuted, images, targets)))
         log.info("%s %s: random-label primary", primary, method)
-    shift = cfg.get("input_shift")
+    shift = cfg["input_shift"]
     if shift is not None:
         shifted = ShiftedInput(model, float(shift))
         stages.append(
@@ -343,10 +347,10 @@ def run_sanity_checks(
                 }
             )
     table = pd.DataFrame(rows)
-    record = prov.finish(n_images=len(ids), stages=len(stages))
+    record = stage.finish(n_images=len(ids), stages=len(stages))
 
     # images kept for figures: spread over the selection (ImageFolder ids are ordered by class)
-    keep = np.linspace(0, len(ids) - 1, min(int(cfg.get("figure_images", 2)), len(ids)))
+    keep = np.linspace(0, len(ids) - 1, min(int(cfg["figure_images"]), len(ids)))
     keep = np.unique(keep.round().astype(int))
     names = ["trained"] + [
         f"{test}:{layer}" if layer != NO_LAYER else test for test, layer, _, _ in stages[1:]
@@ -398,6 +402,11 @@ def summarise(
     for name in SIMILARITIES:
         out[f"{name}_q1"], out[f"{name}_q3"] = q1[name], q3[name]
     out["n_images"] = grouped.size()
+    # a constant map (e.g. Grad-CAM of a randomised layer whose ReLU is off everywhere) has no
+    # rank correlation: counted here, left out of the medians
+    out["n_undefined"] = (
+        data["spearman_abs"].isna().groupby([data[k] for k in keys], sort=False).sum()
+    )
     out = out.reset_index()
     if random_labels is not None and len(random_labels):
         copies = random_labels.assign(test="random_labels")
@@ -454,6 +463,20 @@ def _target(value: object) -> str:
     return "none" if value is None or pd.isna(value) else f"{float(value):.2f}"
 
 
+def _undefined_lines(summary: pd.DataFrame) -> list[str]:
+    """Where some maps were constant (no rank correlation), say how many: those medians are
+    over the other images only."""
+    if "n_undefined" not in summary:
+        return []
+    rows = summary[summary["n_undefined"] > 0]
+    return [
+        f"\n- {r.primary} {SHORT_NAMES.get(r.method, r.method)}, {r.test} step {r.step} "
+        f"({r.layer}): {r.n_undefined} of {r.n_images} maps constant (no rank correlation; "
+        "the median is over the others)\n"
+        for r in rows.itertuples()
+    ]
+
+
 def markdown_summary(summary: pd.DataFrame) -> str:
     """The summary in words and tables: per primary, the randomisation ladder (rows: methods,
     columns: steps); then random labels and the input shift side by side."""
@@ -476,6 +499,7 @@ def markdown_summary(summary: pd.DataFrame) -> str:
         )
         matrix.index = [SHORT_NAMES.get(m, m) for m in matrix.index]
         parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
+    parts.extend(_undefined_lines(summary))
     others = summary[~summary["test"].str.startswith("randomised")]
     if len(others):
         parts.append("\n## Data randomisation and input invariance\n\n")
@@ -501,6 +525,7 @@ def markdown_summary(summary: pd.DataFrame) -> str:
 
 
 def combine_sanity_tables(
+    *,
     parts: list[str | Path],
     out_csv: str | Path,
     out_md: str | Path,

@@ -31,12 +31,12 @@ import torch
 
 from .errors import ConfigError, DataError
 from .models import build_model
-from .provenance import Provenance
 from .runtime import describe_device, set_determinism
 from .saliency import open_maps
 from .shuffle import apply_variant
 from .stacked import train_models
-from .store import chunk_ranges, one_line, write_json
+from .stage import Stage
+from .store import chunk_ranges, one_line
 from .training import TrainSettings, save_model, select_epoch
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,19 @@ def validation_split(
         [seed, 0x7A11D],
         "at least 2 training images to hold some out",
     )
+
+
+def fit_subset(fit_ids: np.ndarray, fit_fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fit_fraction`` of the fitting images (``secondary.fit_fraction``, sorted, at
+    least one): what the secondary is fitted on. Validation and test images are not touched, and
+    the images of a smaller fraction are among those of a larger one (one permutation, cut)."""
+    if not 0 < fit_fraction <= 1:
+        raise ConfigError(f"secondary.fit_fraction must be in (0, 1], got {fit_fraction}")
+    ids = np.unique(np.asarray(fit_ids))
+    if fit_fraction == 1:
+        return ids
+    order = np.random.default_rng([seed, 0xF17]).permutation(ids)
+    return np.sort(order[: max(1, round(len(ids) * fit_fraction))])
 
 
 def _split(ids, fraction: float, key: list[int], need: str) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +256,7 @@ def train_secondary(
     its best validation epoch; the test maps are not read. ``cfg``: the experiment's secondary
     block (its ``seed`` is replaced by each replicate's). All replicates' weights go into one
     safetensors file (``rep<r>.`` prefixes), their metrics into one JSON file."""
-    prov = Provenance(
+    stage = Stage(
         "train_secondary",
         {
             "experiment": experiment,
@@ -254,7 +267,7 @@ def train_secondary(
             ],
             **cfg,
         },
-        describe_device(device),
+        device,
     )
     settings = TrainSettings.from_config(cfg, f"experiments.{experiment}.secondary")
     prepared = [
@@ -294,10 +307,8 @@ def train_secondary(
         "method": method,
         "variant": variant,
         "replicates": records,
-        "provenance": prov.finish(),
     }
-    write_json(metrics_out, metrics)
-    return metrics
+    return stage.write_metrics(metrics_out, metrics)
 
 
 @dataclass
@@ -330,6 +341,7 @@ def _prepare_replicate(
     fit_ids, val_ids = validation_split(
         train_ids, float(cfg["validation_fraction"]), int(cfg["split_seed"])
     )
+    fit_ids = fit_subset(fit_ids, float(cfg.get("fit_fraction", 1.0)), int(cfg["split_seed"]))
     maps = load_mapset(map_paths, primaries, train_ids, cfg, variant)
     fit, val = maps.subset(fit_ids), maps.subset(val_ids)
     _, channels, size, _ = fit.x.shape

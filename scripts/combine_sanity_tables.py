@@ -9,9 +9,9 @@ from saliency_fingerprints.sanity import combine_sanity_tables
 run_job(
     snakemake,  # noqa: F821
     lambda job: combine_sanity_tables(
-        list(job.input.tables),
-        job.output.csv,
-        job.output.markdown,
-        list(job.input.random_labels),
+        parts=list(job.input.tables),
+        out_csv=job.output.csv,
+        out_md=job.output.markdown,
+        random_label_metrics=list(job.input.random_labels),
     ),
 )

@@ -9,9 +9,9 @@ from saliency_fingerprints.jobs import run_job
 run_job(
     snakemake,  # noqa: F821
     lambda job: combine_tables(
-        list(job.input.parts),
-        job.output.csv,
-        job.output.markdown,
+        parts=list(job.input.parts),
+        out_csv=job.output.csv,
+        out_md=job.output.markdown,
         out_replicates=job.output.replicates,
         primary_metrics=list(job.input.primaries),
     ),

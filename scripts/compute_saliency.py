@@ -9,14 +9,14 @@ from saliency_fingerprints.store import store_root
 run_job(
     snakemake,  # noqa: F821
     lambda job: compute_saliency_maps(
-        store_root(job.input.dataset),
-        job.input.weights,
-        store_root(job.output.store),
-        job.wildcards.method,
-        job.params.method,
-        job.params.saliency,
-        job.params.primary,
-        job.device,
-        job.threads,
+        dataset_path=store_root(job.input.dataset),
+        weights_path=job.input.weights,
+        out=store_root(job.output.store),
+        method=job.wildcards.method,
+        method_params=job.params.method,
+        cfg=job.params.saliency,
+        primary=job.params.primary,
+        device=job.device,
+        threads=job.threads,
     ),
 )

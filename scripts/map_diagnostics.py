@@ -9,6 +9,8 @@ from saliency_fingerprints.store import store_root
 run_job(
     snakemake,  # noqa: F821
     lambda job: write_diagnostics(
-        [store_root(p) for p in job.input.maps], job.output.csv, job.output.markdown
+        paths=[store_root(p) for p in job.input.maps],
+        out_csv=job.output.csv,
+        out_md=job.output.markdown,
     ),
 )

@@ -8,6 +8,9 @@ from saliency_fingerprints.paper import write_comparison
 run_job(
     snakemake,  # noqa: F821
     lambda job: write_comparison(
-        job.input.table, job.params.comparison, job.output.csv, job.output.markdown
+        cross_evaluation_csv=job.input.table,
+        cfg=job.params.comparison,
+        out_csv=job.output.csv,
+        out_md=job.output.markdown,
     ),
 )

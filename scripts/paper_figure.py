@@ -12,14 +12,14 @@ def main(job):
     dataset, _ = open_dataset(store_root(job.input.dataset))
     plots = job.params.plots
     plot_paper_figure(
-        job.params.panels,
-        job.output.png,
-        job.params.images,
-        {},
-        0,
-        plots["map_cmap"],
-        plots["dpi"],
-        dataset,
+        panels=job.params.panels,
+        out=job.output.png,
+        n_images=job.params.images,
+        preprocess={},
+        shuffle_seed=0,
+        cmap=plots["map_cmap"],
+        dpi=plots["dpi"],
+        dataset=dataset,
     )
 
 

@@ -11,7 +11,13 @@ from saliency_fingerprints.plots import plot_heatmap
 def main(job):
     table = summarise(pd.read_csv(job.input.table))  # mean over replicates per cell
     title = f"{job.wildcards.experiment} - {job.wildcards.variant}"
-    plot_heatmap(table, job.output.png, title, job.params.plots["cmap"], job.params.plots["dpi"])
+    plot_heatmap(
+        table=table,
+        out=job.output.png,
+        title=title,
+        cmap=job.params.plots["cmap"],
+        dpi=job.params.plots["dpi"],
+    )
 
 
 run_job(snakemake, main)  # noqa: F821

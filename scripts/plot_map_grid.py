@@ -18,15 +18,15 @@ def main(job):
     dataset, _ = open_dataset(store_root(job.input.dataset))
     plots, secondary = job.params.plots, job.params.secondary
     plot_map_grid(
-        grid,
-        job.output.png,
-        plots["map_grid_images"],
-        job.params.variants,
-        secondary["preprocess"],
-        secondary.get("shuffle_seed", 0),  # absent when every variant is "original"
-        plots["map_cmap"],
-        plots["dpi"],
-        dataset,
+        stores=grid,
+        out=job.output.png,
+        n_images=plots["map_grid_images"],
+        variants=job.params.variants,
+        preprocess=secondary["preprocess"],
+        shuffle_seed=secondary.get("shuffle_seed", 0),  # absent when every variant is "original"
+        cmap=plots["map_cmap"],
+        dpi=plots["dpi"],
+        dataset=dataset,
     )
 
 

@@ -9,6 +9,6 @@ from saliency_fingerprints.plots import plot_sanity_curves
 run_job(
     snakemake,  # noqa: F821
     lambda job: plot_sanity_curves(
-        pd.read_csv(job.input.summary), job.output.png, job.params.plots["dpi"]
+        summary=pd.read_csv(job.input.summary), out=job.output.png, dpi=job.params.plots["dpi"]
     ),
 )

@@ -9,9 +9,9 @@ from saliency_fingerprints.store import store_root
 run_job(
     snakemake,  # noqa: F821
     lambda job: plot_sanity_maps(
-        dict(zip(job.params.methods, map(store_root, job.input.maps), strict=True)),
-        job.output.png,
-        job.params.plots["map_cmap"],
-        job.params.plots["dpi"],
+        stores=dict(zip(job.params.methods, map(store_root, job.input.maps), strict=True)),
+        out=job.output.png,
+        cmap=job.params.plots["map_cmap"],
+        dpi=job.params.plots["dpi"],
     ),
 )

@@ -9,13 +9,13 @@ from saliency_fingerprints.store import store_root
 run_job(
     snakemake,  # noqa: F821
     lambda job: train_primary(
-        store_root(job.input.dataset),
-        job.wildcards.architecture,
-        int(job.wildcards.seed),
-        job.params.training,
-        job.output.weights,
-        job.output.metrics,
-        job.device,
-        job.threads,
+        dataset_path=store_root(job.input.dataset),
+        architecture=job.wildcards.architecture,
+        seed=int(job.wildcards.seed),
+        cfg=job.params.training,
+        weights_out=job.output.weights,
+        metrics_out=job.output.metrics,
+        device=job.device,
+        threads=job.threads,
     ),
 )

@@ -13,16 +13,16 @@ from saliency_fingerprints.store import store_root
 
 def main(job):
     train_random_label_primary(
-        store_root(job.input.dataset),
-        job.wildcards.architecture,
-        int(job.wildcards.seed),
-        job.params.training,
-        job.params.label_seed,
-        job.params.target_train_accuracy,
-        job.output.weights,
-        job.output.metrics,
-        job.device,
-        job.threads,
+        dataset_path=store_root(job.input.dataset),
+        architecture=job.wildcards.architecture,
+        seed=int(job.wildcards.seed),
+        cfg=job.params.training,
+        label_seed=job.params.label_seed,
+        target_train_accuracy=job.params.target_train_accuracy,
+        weights_out=job.output.weights,
+        metrics_out=job.output.metrics,
+        device=job.device,
+        threads=job.threads,
     )
 
 

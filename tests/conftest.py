@@ -39,10 +39,14 @@ def tiny_config(sanity: bool = True) -> dict:
         "replicates": {"n": 1},
     }
     cfg["plots"].update(map_grid_images=3, dpi=60)
-    cfg["sanity_checks"].update(n_images=40)
+    cfg["sanity_checks"].update(
+        n_images=40, methods=["grad", "smoothgrad", "integrated_gradients"]
+    )
     cfg["sanity_checks"]["random_labels"].update(epochs=2)
     if not sanity:
         del cfg["sanity_checks"]
+    # the default config's studies are planned in tests/test_studies.py, not run here
+    cfg.pop("studies", None)
     return cfg
 
 

@@ -155,6 +155,11 @@ CONFIG_CASES = {
         lambda c: c["primary_training"].pop("learning_rate"),
         ["primary_training: missing required key 'learning_rate'"],
     ),
+    # checked in rules/paper_common.smk, through the same config_error as rules/common.smk's
+    "paper-comparison-unknown-experiment": (
+        lambda c: c.update(paper_comparison={"tables": {"two_resnets": "resnets"}}),
+        ["paper_comparison.tables.two_resnets: experiment 'resnets' is not in 'experiments'"],
+    ),
 }
 
 
@@ -167,6 +172,7 @@ ISSUE_KINDS = {
     "zero-epochs",
     "negative-samples",
     "typo-nested-key",
+    "paper-comparison-unknown-experiment",
 }
 
 
@@ -285,7 +291,7 @@ def test_dataset_with_one_class(tmp_path):
     out = tmp_path / "data" / "one.zarr"
     cfg = {"name": "one", "source": "folder", "path": str(folder)}
     with pytest.raises(DataError, match=r"single class; at least 2 are needed") as err:
-        prepare_dataset(cfg, out)
+        prepare_dataset(cfg=cfg, out=out)
     assert "'one'" in str(err.value) and "\n" not in str(err.value)
     assert not out.exists()
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
@@ -294,18 +300,24 @@ def test_dataset_with_one_class(tmp_path):
 def test_missing_dataset_folder_in_the_library(tmp_path):
     cfg = {"name": "x", "source": "folder", "path": str(tmp_path / "absent")}
     with pytest.raises(DataError, match=r"dataset.path .*absent.*not found"):
-        prepare_dataset(cfg, tmp_path / "x.zarr")
+        prepare_dataset(cfg=cfg, out=tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
 
 
 def test_image_size_the_architecture_cannot_take(tmp_path):
     dataset = tmp_path / "tiny.zarr"
-    prepare_dataset({"name": "tiny", "source": "sklearn_digits", "image_size": 2}, dataset)
+    prepare_dataset(cfg={"name": "tiny", "source": "sklearn_digits", "image_size": 2}, out=dataset)
     out = tmp_path / "primary"
     training = tiny_config()["primary_training"]
     with pytest.raises(ConfigError) as err:
         train_primary(
-            dataset, "cnn2", 0, training, out / "model.safetensors", out / "metrics.json", CPU
+            dataset_path=dataset,
+            architecture="cnn2",
+            seed=0,
+            cfg=training,
+            weights_out=out / "model.safetensors",
+            metrics_out=out / "metrics.json",
+            device=CPU,
         )
     message = str(err.value)
     assert message.startswith(f"primary cnn2-seed0 on {dataset}: architecture 'cnn2'")
@@ -374,7 +386,7 @@ def test_all_zero_maps(tmp_path):
 def test_model_that_makes_nan_maps(tmp_path):
     """A primary whose weights are NaN: the saliency job refuses to store NaN maps."""
     dataset = tmp_path / "digits.zarr"
-    prepare_dataset({"name": "digits", "source": "sklearn_digits"}, dataset)
+    prepare_dataset(cfg={"name": "digits", "source": "sklearn_digits"}, out=dataset)
     model = build_model("cnn2", 1, 8, 10)
     with torch.no_grad():
         model.fc.weight.fill_(float("nan"))
@@ -384,13 +396,22 @@ def test_model_that_makes_nan_maps(tmp_path):
     saliency = {"images": "all", "max_images": 64, "seed": 0, "target": "true"}
     saliency.update(pass_size=64, chunk_size=32)
     with pytest.raises(DataError, match=r"grad\.zarr: grad produced NaN/inf maps for cnn2-seed0"):
-        compute_saliency_maps(dataset, weights, out, "grad", {}, saliency, "cnn2-seed0", CPU)
+        compute_saliency_maps(
+            dataset_path=dataset,
+            weights_path=weights,
+            out=out,
+            method="grad",
+            method_params={},
+            cfg=saliency,
+            primary="cnn2-seed0",
+            device=CPU,
+        )
     assert not out.exists()
 
 
 def test_corrupt_dataset_store(tmp_path):
     dataset = tmp_path / "digits.zarr"
-    prepare_dataset({"name": "digits", "source": "sklearn_digits"}, dataset)
+    prepare_dataset(cfg={"name": "digits", "source": "sklearn_digits"}, out=dataset)
     (dataset / "zarr.json").write_text("{truncated")
     with pytest.raises(DataError, match=r"digits\.zarr: not a readable Zarr store") as err:
         open_dataset(dataset)

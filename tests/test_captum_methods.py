@@ -84,7 +84,17 @@ def frozen(arch="cnn2", channels=3, size=8, seed=0, dtype=torch.float32):
 def compute(job_inputs, out: Path, method: str, params: dict | None = None, **saliency):
     dataset, weights, _ = job_inputs
     cfg = {**SALIENCY, **saliency}
-    compute_saliency_maps(dataset, weights, out, method, params or {}, cfg, "cnn2-seed0", CPU, 1)
+    compute_saliency_maps(
+        dataset_path=dataset,
+        weights_path=weights,
+        out=out,
+        method=method,
+        method_params=params or {},
+        cfg=cfg,
+        primary="cnn2-seed0",
+        device=CPU,
+        threads=1,
+    )
     return open_maps(out)
 
 

@@ -154,7 +154,7 @@ def test_digits_subsample_resize_and_channels(tmp_path):
         "image_size": 16,
         "channels": 3,
     }
-    ds = prepare_dataset(cfg, tmp_path / "d.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "d.zarr")
     assert ds["image"].shape == (130, 3, 16, 16)
     assert (ds["split"].values == "train").sum() == 100
     images = ds["image"].values
@@ -180,7 +180,7 @@ def test_stratified_subset_is_proportional_and_seeded():
 def test_folder_grayscale_12px_end_to_end(tmp_path):
     root = make_imagefolder(tmp_path / "tree", size=12, colour=False, n_train=4, n_test=2)
     cfg = {"name": "toy", "source": "folder", "path": str(root)}
-    prepare_dataset(cfg, tmp_path / "toy.zarr")
+    prepare_dataset(cfg=cfg, out=tmp_path / "toy.zarr")
     ds, info = open_dataset(tmp_path / "toy.zarr")
     assert ds["image"].shape == (18, 1, 12, 12)
     assert ds["image"].dtype == np.float32
@@ -198,11 +198,11 @@ def test_folder_grayscale_12px_end_to_end(tmp_path):
 def test_folder_one_level_deeper_rgb_with_conversion(tmp_path):
     make_imagefolder(tmp_path / "tree" / "mydata", size=20, colour=True, ext=".jpg")
     cfg = {"name": "toy", "source": "folder", "path": str(tmp_path / "tree")}
-    ds = prepare_dataset(cfg, tmp_path / "rgb.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "rgb.zarr")
     assert ds["image"].shape == (18, 3, 20, 20)
     assert 0 <= float(ds["image"].min()) and float(ds["image"].max()) <= 1
     cfg.update(channels=1, image_size=10, max_train_images=6, max_test_images=3)
-    ds = prepare_dataset(cfg, tmp_path / "grey.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "grey.zarr")
     assert ds["image"].shape == (9, 1, 10, 10)
     np.testing.assert_array_equal(np.bincount(ds["label"].values[:6]), [2, 2, 2])
     np.testing.assert_array_equal(np.bincount(ds["label"].values[6:]), [1, 1, 1])
@@ -211,7 +211,9 @@ def test_folder_one_level_deeper_rgb_with_conversion(tmp_path):
 def test_folder_mixed_grey_and_colour_becomes_rgb(tmp_path):
     root = make_imagefolder(tmp_path / "tree", size=8, colour=False, n_train=2, n_test=1)
     Image.fromarray(pixel_values(0, 7, 8, True)).save(root / "train" / "cat" / "colour.png")
-    ds = prepare_dataset({"name": "m", "source": "folder", "path": str(root)}, tmp_path / "m.zarr")
+    ds = prepare_dataset(
+        cfg={"name": "m", "source": "folder", "path": str(root)}, out=tmp_path / "m.zarr"
+    )
     assert ds["image"].shape == (10, 3, 8, 8)
     grey = ds["image"].values[1]  # train/cat/001.png, grey replicated over channels
     np.testing.assert_array_equal(grey[0], grey[1])
@@ -223,24 +225,27 @@ def test_folder_size_problems(tmp_path):
     Image.fromarray(pixel_values(0, 0, 16, False)).save(root / "train" / "emu" / "big.png")
     cfg = {"name": "s", "source": "folder", "path": str(root)}
     with pytest.raises(DataError, match="image_size"):
-        prepare_dataset(cfg, tmp_path / "s.zarr")
+        prepare_dataset(cfg=cfg, out=tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
-    ds = prepare_dataset({**cfg, "image_size": 12}, tmp_path / "s.zarr")
+    ds = prepare_dataset(cfg={**cfg, "image_size": 12}, out=tmp_path / "s.zarr")
     assert ds["image"].shape == (10, 1, 12, 12)
 
     rect = make_imagefolder(tmp_path / "rect", size=6, n_train=1, n_test=1)
     for path in rect.rglob("*.png"):
         Image.fromarray(np.zeros((6, 9), np.uint8)).save(path)
     with pytest.raises(DataError, match="square"):
-        prepare_dataset({"name": "r", "source": "folder", "path": str(rect)}, tmp_path / "r.zarr")
+        prepare_dataset(
+            cfg={"name": "r", "source": "folder", "path": str(rect)}, out=tmp_path / "r.zarr"
+        )
 
 
 def test_folder_layout_errors(tmp_path):
     with pytest.raises(ConfigError, match="dataset.path"):
-        prepare_dataset({"name": "x", "source": "folder"}, tmp_path / "x.zarr")
+        prepare_dataset(cfg={"name": "x", "source": "folder"}, out=tmp_path / "x.zarr")
     with pytest.raises(DataError, match="not found"):
         prepare_dataset(
-            {"name": "x", "source": "folder", "path": str(tmp_path / "no")}, tmp_path / "x.zarr"
+            cfg={"name": "x", "source": "folder", "path": str(tmp_path / "no")},
+            out=tmp_path / "x.zarr",
         )
     only_train = tmp_path / "only_train"
     make_imagefolder(only_train)
@@ -249,18 +254,20 @@ def test_folder_layout_errors(tmp_path):
             path.unlink()
     with pytest.raises(DataError, match="holds no images"):
         prepare_dataset(
-            {"name": "x", "source": "folder", "path": str(only_train)}, tmp_path / "x.zarr"
+            cfg={"name": "x", "source": "folder", "path": str(only_train)}, out=tmp_path / "x.zarr"
         )
     mismatch = make_imagefolder(tmp_path / "mismatch", n_train=1, n_test=1)
     (mismatch / "test" / "emu").rename(mismatch / "test" / "owl")
     with pytest.raises(DataError, match=r"only in train: \['emu'\]; only in test: \['owl'\]"):
         prepare_dataset(
-            {"name": "x", "source": "folder", "path": str(mismatch)}, tmp_path / "x.zarr"
+            cfg={"name": "x", "source": "folder", "path": str(mismatch)}, out=tmp_path / "x.zarr"
         )
     broken = make_imagefolder(tmp_path / "broken", n_train=1, n_test=1)
     (broken / "train" / "cat" / "000.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="cannot be decoded"):
-        prepare_dataset({"name": "x", "source": "folder", "path": str(broken)}, tmp_path / "x.zarr")
+        prepare_dataset(
+            cfg={"name": "x", "source": "folder", "path": str(broken)}, out=tmp_path / "x.zarr"
+        )
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -272,7 +279,7 @@ def test_archive_tar_gz_local_and_file_url(tmp_path):
     archive = make_tar(tree, tmp_path / "toy.tar.gz", arcname="toy")
     downloads = tmp_path / "dl"
     cfg = archive_cfg(str(archive), sha256(archive), downloads)
-    ds = prepare_dataset(cfg, tmp_path / "a.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "a.zarr")
     assert ds["image"].shape == (18, 3, 12, 12)
     assert json.loads(ds.attrs["classes"]) == CLASSES
     extracted = list((downloads / "extracted").iterdir())
@@ -281,7 +288,7 @@ def test_archive_tar_gz_local_and_file_url(tmp_path):
     reference = ds["image"].values
     # file:// URL, the completed extraction is reused; the result is identical
     cfg = archive_cfg(archive.as_uri(), sha256(archive).upper(), downloads)
-    ds2 = prepare_dataset(cfg, tmp_path / "b.zarr")
+    ds2 = prepare_dataset(cfg=cfg, out=tmp_path / "b.zarr")
     np.testing.assert_array_equal(ds2["image"].values, reference)
 
 
@@ -289,7 +296,7 @@ def test_archive_zip_grayscale_odd_size(tmp_path):
     tree = make_imagefolder(tmp_path / "tree", size=7, colour=False, n_train=3, n_test=2)
     archive = make_zip(tree, tmp_path / "toy.zip")
     cfg = archive_cfg(str(archive), sha256(archive), tmp_path / "dl", image_size=14)
-    ds = prepare_dataset(cfg, tmp_path / "z.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "z.zarr")
     assert ds["image"].shape == (15, 1, 14, 14)
     assert list(np.unique(ds["split"].values, return_counts=True)[1]) == [6, 9]
 
@@ -300,12 +307,12 @@ def test_archive_over_http(tmp_path, http_root):
     archive = make_tar(tree, root / "toy.tgz", arcname="toy-v1")
     downloads = tmp_path / "dl"
     cfg = archive_cfg(f"{base}/toy.tgz", sha256(archive), downloads)
-    ds = prepare_dataset(cfg, tmp_path / "h.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "h.zarr")
     assert ds["image"].shape == (9, 3, 9, 9)
     assert (downloads / "toy.tgz").read_bytes() == archive.read_bytes()
     # the verified download is cached: it works with the file gone from the server
     archive.unlink()
-    ds = prepare_dataset(cfg, tmp_path / "h2.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "h2.zarr")
     assert ds["image"].shape == (9, 3, 9, 9)
 
 
@@ -316,11 +323,11 @@ def test_http_errors_leave_nothing(tmp_path, http_root):
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="HTTP 404"):
         prepare_dataset(
-            archive_cfg(f"{base}/missing.tar.gz", "0" * 64, downloads), tmp_path / "x.zarr"
+            cfg=archive_cfg(f"{base}/missing.tar.gz", "0" * 64, downloads), out=tmp_path / "x.zarr"
         )
     with pytest.raises(DataError, match="sha256 mismatch"):
         prepare_dataset(
-            archive_cfg(f"{base}/toy.tar.gz", "ab" * 32, downloads), tmp_path / "x.zarr"
+            cfg=archive_cfg(f"{base}/toy.tar.gz", "ab" * 32, downloads), out=tmp_path / "x.zarr"
         )
     assert leftovers(downloads) == []
     assert sha256(archive) != "ab" * 32
@@ -331,18 +338,21 @@ def test_archive_wrong_checksum_and_missing_file(tmp_path):
     archive = make_tar(tree, tmp_path / "toy.tar.gz")
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="sha256 mismatch.*nothing was extracted"):
-        prepare_dataset(archive_cfg(str(archive), "0" * 64, downloads), tmp_path / "x.zarr")
+        prepare_dataset(cfg=archive_cfg(str(archive), "0" * 64, downloads), out=tmp_path / "x.zarr")
     with pytest.raises(DataError, match="not found"):
         prepare_dataset(
-            archive_cfg(str(tmp_path / "nope.tar.gz"), "0" * 64, downloads), tmp_path / "x.zarr"
+            cfg=archive_cfg(str(tmp_path / "nope.tar.gz"), "0" * 64, downloads),
+            out=tmp_path / "x.zarr",
         )
     with pytest.raises(ConfigError, match="dataset.sha256"):
-        prepare_dataset(archive_cfg(str(archive), None, downloads), tmp_path / "x.zarr")
+        prepare_dataset(cfg=archive_cfg(str(archive), None, downloads), out=tmp_path / "x.zarr")
     with pytest.raises(ConfigError, match="dataset.url"):
-        prepare_dataset({"name": "x", "source": "archive", "sha256": "0" * 64}, tmp_path / "x.zarr")
+        prepare_dataset(
+            cfg={"name": "x", "source": "archive", "sha256": "0" * 64}, out=tmp_path / "x.zarr"
+        )
     with pytest.raises(ConfigError, match="not a supported archive"):
         prepare_dataset(
-            archive_cfg(str(tmp_path / "toy.rar"), "0" * 64, downloads), tmp_path / "x.zarr"
+            cfg=archive_cfg(str(tmp_path / "toy.rar"), "0" * 64, downloads), out=tmp_path / "x.zarr"
         )
     assert leftovers(downloads) == [] and not (tmp_path / "x.zarr").exists()
 
@@ -355,7 +365,7 @@ def test_truncated_archive(tmp_path):
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="truncated or corrupt"):
         prepare_dataset(
-            archive_cfg(str(truncated), sha256(truncated), downloads), tmp_path / "x.zarr"
+            cfg=archive_cfg(str(truncated), sha256(truncated), downloads), out=tmp_path / "x.zarr"
         )
     assert leftovers(downloads) == []
     assert not (downloads / "extracted").exists() or not any((downloads / "extracted").iterdir())
@@ -369,7 +379,9 @@ def test_archive_without_layout(tmp_path):
     archive = make_tar(flat, tmp_path / "flat.tar.gz", arcname="images")
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match=r"not an ImageFolder dataset.*train/<class>"):
-        prepare_dataset(archive_cfg(str(archive), sha256(archive), downloads), tmp_path / "x.zarr")
+        prepare_dataset(
+            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
+        )
     assert leftovers(downloads) == []
 
 
@@ -405,7 +417,9 @@ def test_unsafe_tar_members_are_refused(tmp_path, member, message):
     archive = _tar_with(tmp_path, member, b"abc")
     downloads = tmp_path / "work" / "dl"
     with pytest.raises(DataError, match=message):
-        prepare_dataset(archive_cfg(str(archive), sha256(archive), downloads), tmp_path / "x.zarr")
+        prepare_dataset(
+            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
+        )
     assert leftovers(downloads) == []
     assert not (tmp_path / "work" / "escaped.png").exists()
     assert not Path("/tmp/escaped-abs.png").exists()
@@ -421,7 +435,9 @@ def test_symlink_through_symlink_is_refused_by_the_data_filter(tmp_path):
         tar.addfile(_member("s/l", tarfile.SYMTYPE, ".."))
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="refusing to extract"):
-        prepare_dataset(archive_cfg(str(archive), sha256(archive), downloads), tmp_path / "x.zarr")
+        prepare_dataset(
+            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
+        )
     assert leftovers(downloads) == []
 
 
@@ -438,7 +454,9 @@ def test_unsafe_zip_members_are_refused(tmp_path, kind):
             zf.writestr(info, "/etc/passwd")
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="contains '..'" if kind == "traversal" else "symlink"):
-        prepare_dataset(archive_cfg(str(archive), sha256(archive), downloads), tmp_path / "x.zarr")
+        prepare_dataset(
+            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
+        )
     assert leftovers(downloads) == []
     assert not (tmp_path / "escaped.png").exists()
 
@@ -485,7 +503,7 @@ def test_torchvision_cifar10_over_http(tmp_path, http_root, monkeypatch):
         "download_dir": str(tmp_path / "dl"),
         "max_train_images": 10,
     }
-    ds = prepare_dataset(cfg, tmp_path / "c10.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "c10.zarr")
     assert ds["image"].shape == (16, 3, 32, 32)
     assert json.loads(ds.attrs["classes"]) == [f"c{i}" for i in range(10)]
     raw = pickle.loads((folder / "test_batch").read_bytes())
@@ -499,7 +517,7 @@ def test_torchvision_cifar10_over_http(tmp_path, http_root, monkeypatch):
     monkeypatch.setattr(CIFAR10, "tgz_md5", "0" * 32)
     cfg["download_dir"] = str(tmp_path / "dl2")
     with pytest.raises(DataError, match="integrity check failed"):
-        prepare_dataset(cfg, tmp_path / "bad.zarr")
+        prepare_dataset(cfg=cfg, out=tmp_path / "bad.zarr")
     assert not (tmp_path / "bad.zarr").exists()
 
 
@@ -532,7 +550,7 @@ def test_torchvision_mnist_grayscale_over_http(tmp_path, http_root, monkeypatch)
         "download_dir": str(tmp_path / "dl"),
         "image_size": 14,
     }
-    ds = prepare_dataset(cfg, tmp_path / "mnist.zarr")
+    ds = prepare_dataset(cfg=cfg, out=tmp_path / "mnist.zarr")
     assert ds["image"].shape == (30, 1, 14, 14)
     assert list(np.unique(ds["split"].values, return_counts=True)[1]) == [10, 20]
     np.testing.assert_array_equal(ds["label"].values[20:], np.arange(10))
@@ -541,13 +559,13 @@ def test_torchvision_mnist_grayscale_over_http(tmp_path, http_root, monkeypatch)
 def test_torchvision_config_errors(tmp_path):
     cfg = {"name": "x", "source": "torchvision", "torchvision_dataset": "ImageNet"}
     with pytest.raises(ConfigError, match="torchvision_dataset"):
-        prepare_dataset(cfg, tmp_path / "x.zarr")
+        prepare_dataset(cfg=cfg, out=tmp_path / "x.zarr")
     with pytest.raises(ConfigError, match="dataset.channels"):
         prepare_dataset(
-            {"name": "x", "source": "sklearn_digits", "channels": 2}, tmp_path / "x.zarr"
+            cfg={"name": "x", "source": "sklearn_digits", "channels": 2}, out=tmp_path / "x.zarr"
         )
     with pytest.raises(ConfigError, match="dataset.source"):
-        prepare_dataset({"name": "x", "source": "kaggle"}, tmp_path / "x.zarr")
+        prepare_dataset(cfg={"name": "x", "source": "kaggle"}, out=tmp_path / "x.zarr")
 
 
 # -- the real shared CIFAR-10 archive ----------------------------------------------------------
@@ -563,7 +581,7 @@ def test_shared_cifar10_archive_subsample(tmp_path):
         max_train_images=50,
         max_test_images=20,
     )
-    prepare_dataset(cfg, tmp_path / "cifar10.zarr")
+    prepare_dataset(cfg=cfg, out=tmp_path / "cifar10.zarr")
     ds, info = open_dataset(tmp_path / "cifar10.zarr")
     assert info.classes == [
         "airplane", "automobile", "bird", "cat", "deer",

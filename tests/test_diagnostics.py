@@ -67,7 +67,17 @@ def primary(tmp_path_factory) -> tuple[Path, Path, xr.Dataset]:
 
 def compute(primary, out: Path, method: str, params: dict) -> xr.Dataset:
     dataset, weights, _ = primary
-    compute_saliency_maps(dataset, weights, out, method, params, SALIENCY, "p", CPU, 1)
+    compute_saliency_maps(
+        dataset_path=dataset,
+        weights_path=weights,
+        out=out,
+        method=method,
+        method_params=params,
+        cfg=SALIENCY,
+        primary="p",
+        device=CPU,
+        threads=1,
+    )
     return open_maps(out)
 
 
@@ -337,7 +347,7 @@ def test_diagnostics_table_files_and_stores_without_variables(tmp_path):
     grad = synthetic_store(tmp_path / "grad.zarr", "grad", np.ones((3, 1, 2, 2)))
     tables = tmp_path / "tables"
     csv, md = tables / "map_diagnostics.csv", tables / "map_diagnostics.md"
-    table = write_diagnostics([old_mp, grad, old_mp], csv, md)
+    table = write_diagnostics(paths=[old_mp, grad, old_mp], out_csv=csv, out_md=md)
     assert len(table) == 2  # one row per distinct store
     read = pd.read_csv(csv)
     assert list(read.columns) == COLUMNS

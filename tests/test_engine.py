@@ -254,7 +254,17 @@ def test_job_with_auto_pass_size_and_grouped_chunks(store, tmp_path, method, tar
     cfg = {"images": "train", "target": target, "pass_size": "auto", "chunk_size": 10}
     out = tmp_path / "maps.zarr"
     params = METHOD_PARAMS[method]
-    compute_saliency_maps(dataset, weights, out, method, params, cfg, "p", CPU, 1)
+    compute_saliency_maps(
+        dataset_path=dataset,
+        weights_path=weights,
+        out=out,
+        method=method,
+        method_params=params,
+        cfg=cfg,
+        primary="p",
+        device=CPU,
+        threads=1,
+    )
     maps = open_maps(out)
     prov = json.loads(maps.attrs["provenance"])
     used = prov["pass_size_used"]
@@ -281,7 +291,16 @@ def test_job_rejects_a_bad_pass_size(store, tmp_path):
     for bad in ("big", 0):
         cfg = {"images": "all", "target": "predicted", "pass_size": bad, "chunk_size": 10}
         with pytest.raises(ConfigError, match="saliency.pass_size"):
-            compute_saliency_maps(dataset, weights, tmp_path / "m.zarr", "grad", {}, cfg, "p", CPU)
+            compute_saliency_maps(
+                dataset_path=dataset,
+                weights_path=weights,
+                out=tmp_path / "m.zarr",
+                method="grad",
+                method_params={},
+                cfg=cfg,
+                primary="p",
+                device=CPU,
+            )
     assert not (tmp_path / "m.zarr").exists()
 
 
@@ -447,7 +466,15 @@ def test_cuda_job_matches_cpu_job(store, tmp_path, method):
     for name in ("cpu", "cuda"):
         out = tmp_path / f"{name}.zarr"
         compute_saliency_maps(
-            dataset, weights, out, method, METHOD_PARAMS[method], cfg, "p", torch.device(name), 1
+            dataset_path=dataset,
+            weights_path=weights,
+            out=out,
+            method=method,
+            method_params=METHOD_PARAMS[method],
+            cfg=cfg,
+            primary="p",
+            device=torch.device(name),
+            threads=1,
         )
         stores[name] = open_maps(out)
     # float rounding may flip a near-tie prediction (and so the explained class) of this

@@ -178,7 +178,7 @@ def primary(tmp_path_factory) -> tuple[Path, Path]:
     """A digits dataset store and an (untrained, Glorot-initialised) cnn2's weights."""
     root = tmp_path_factory.mktemp("interruption")
     dataset = root / "digits.zarr"
-    prepare_dataset({"name": "digits", "source": "sklearn_digits"}, dataset)
+    prepare_dataset(cfg={"name": "digits", "source": "sklearn_digits"}, out=dataset)
     torch.manual_seed(0)
     weights = root / "cnn2.safetensors"
     save_model(build_model("cnn2", 1, 8, 10), weights, "cnn2", 1, 8, 10)
@@ -200,7 +200,15 @@ SMOOTHGRAD = {"n_samples": 4, "noise_level": 0.15, "magnitude": True, "seed": 0}
 def compute(primary, out, method_params=SMOOTHGRAD, saliency=SALIENCY):
     dataset, weights = primary
     compute_saliency_maps(
-        dataset, weights, out, "smoothgrad", method_params, saliency, "cnn2-seed0", CPU, 1
+        dataset_path=dataset,
+        weights_path=weights,
+        out=out,
+        method="smoothgrad",
+        method_params=method_params,
+        cfg=saliency,
+        primary="cnn2-seed0",
+        device=CPU,
+        threads=1,
     )
 
 
@@ -287,8 +295,11 @@ def test_sigkill_mid_write_resumes_bitwise(primary, tmp_path):
         f"""
         import torch
         from saliency_fingerprints.saliency import compute_saliency_maps
-        compute_saliency_maps({str(dataset)!r}, {str(weights)!r}, {str(out)!r}, "smoothgrad",
-                              {params!r}, {saliency!r}, "cnn2-seed0", torch.device("cpu"), 1)
+        compute_saliency_maps(
+            dataset_path={str(dataset)!r}, weights_path={str(weights)!r}, out={str(out)!r},
+            method="smoothgrad", method_params={params!r}, cfg={saliency!r},
+            primary="cnn2-seed0", device=torch.device("cpu"), threads=1,
+        )
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
@@ -307,11 +318,27 @@ def test_sigkill_mid_write_resumes_bitwise(primary, tmp_path):
 
     dataset_path, weights_path = primary
     compute_saliency_maps(
-        dataset_path, weights_path, out, "smoothgrad", params, saliency, "cnn2-seed0", CPU, 1
+        dataset_path=dataset_path,
+        weights_path=weights_path,
+        out=out,
+        method="smoothgrad",
+        method_params=params,
+        cfg=saliency,
+        primary="cnn2-seed0",
+        device=CPU,
+        threads=1,
     )
     reference = tmp_path / "reference.zarr"
     compute_saliency_maps(
-        dataset_path, weights_path, reference, "smoothgrad", params, saliency, "cnn2-seed0", CPU, 1
+        dataset_path=dataset_path,
+        weights_path=weights_path,
+        out=reference,
+        method="smoothgrad",
+        method_params=params,
+        cfg=saliency,
+        primary="cnn2-seed0",
+        device=CPU,
+        threads=1,
     )
     assert_same_maps(out, reference)
     assert leftovers(tmp_path) == []
@@ -367,9 +394,11 @@ def test_killed_training_job_leaves_no_outputs(primary, tmp_path):
         import logging, torch
         logging.basicConfig(filename={str(log)!r}, level=logging.INFO)
         from saliency_fingerprints.primary import train_primary
-        train_primary({str(dataset)!r}, "cnn2", 0, {training!r},
-                      {str(out / "model.safetensors")!r}, {str(out / "metrics.json")!r},
-                      torch.device("cpu"), 1)
+        train_primary(
+            dataset_path={str(dataset)!r}, architecture="cnn2", seed=0, cfg={training!r},
+            weights_out={str(out / "model.safetensors")!r},
+            metrics_out={str(out / "metrics.json")!r}, device=torch.device("cpu"), threads=1,
+        )
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)

@@ -102,7 +102,12 @@ def test_schema_defaults_build_every_method():
         assert params == method_defaults(name)
         if name == "meaningful_perturbation":
             params = {**params, "iterations": 2}
-        maps = build_method(name, model, params, 64).attribute(x, torch.tensor([0, 1]), [0, 1])
+        if name == "input_agnostic":  # the paper's defaults cost ~3e5 rows a map: fewer here
+            params = {**params, "iterations": 2, "refine_iterations": 2, "batch_size": 4}
+        engine = build_method(name, model, params, 64)
+        if engine.needs_sample_set:
+            engine.set_sample_set(torch.rand(6, 1, 8, 8))
+        maps = engine.attribute(x, torch.tensor([0, 1]), [0, 1])
         assert maps.shape == x.shape and torch.isfinite(maps).all()
 
 
@@ -201,7 +206,17 @@ def test_a_new_method_is_one_class_and_one_schema_block(scaled_gradient, tmp_pat
     saliency = {"images": "all", "target": "true", "pass_size": 16, "chunk_size": 8}
     for method, method_params in (("scaled_grad", params), ("grad", {})):
         out = tmp_path / f"{method}.zarr"
-        compute_saliency_maps(dataset, weights, out, method, method_params, saliency, "p", CPU, 1)
+        compute_saliency_maps(
+            dataset_path=dataset,
+            weights_path=weights,
+            out=out,
+            method=method,
+            method_params=method_params,
+            cfg=saliency,
+            primary="p",
+            device=CPU,
+            threads=1,
+        )
     scaled, plain = open_maps(tmp_path / "scaled_grad.zarr"), open_maps(tmp_path / "grad.zarr")
     assert str(scaled["method"].values) == "scaled_grad"
     assert json.loads(scaled.attrs["method_params"]) == {"scale": 2.0}

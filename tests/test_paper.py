@@ -142,7 +142,9 @@ def test_missing_cell_is_a_data_error(tmp_path):
         compare(ours, MAPPING)
     csv = tmp_path / "cross_evaluation.csv"
     synthetic_cross_evaluation().to_csv(csv, index=False)
-    result = write_comparison(csv, MAPPING, tmp_path / "p.csv", tmp_path / "p.md")
+    result = write_comparison(
+        cross_evaluation_csv=csv, cfg=MAPPING, out_csv=tmp_path / "p.csv", out_md=tmp_path / "p.md"
+    )
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(result) == 38
     assert (tmp_path / "p.md").read_text().startswith("# Comparison with the paper")
 
@@ -177,7 +179,9 @@ def test_default_config_has_no_paper_comparison(tmp_path):
 
 
 def test_paper_preset_plans_the_full_job_set(tmp_path):
-    jobs = planned_jobs(tmp_path, load_preset("paper"))
+    cfg = load_preset("paper")
+    del cfg["studies"]  # planned in test_paper_preset_plans_its_studies
+    jobs = planned_jobs(tmp_path, cfg)
     # cnn2 seeds 0-5 (three disjoint pairs) + miniresnet seeds 0-9 (shared by identity)
     assert jobs["train_primary"] == 6 + 10
     # maps: 6 cnn2 x 4 methods, each for the predicted and the true class; 10 miniresnets x 3
@@ -188,6 +192,17 @@ def test_paper_preset_plans_the_full_job_set(tmp_path):
     assert jobs["train_secondary"] == 8 + 4 + 6 + 3 + 3 + 3 + 1
     assert jobs["cross_evaluate"] == 9
     assert jobs["paper_comparison"] == 1 and jobs["paper_figure"] == 1
+
+
+def test_paper_preset_plans_its_studies(tmp_path):
+    jobs = planned_jobs(tmp_path, load_preset("paper"))
+    # studies: n_primaries k = 2, 4, 20 (k = 10 is ten_miniresnet; k = 20 trains miniresnet
+    # seeds 10-19 and their Grad maps), learning_curve 0.1, 0.25, 0.5 (1.0 is two_miniresnet)
+    assert jobs["study_table"] == 2
+    assert jobs["train_primary"] == 6 + 10 + 10
+    assert jobs["compute_saliency"] == 2 * 6 * 4 + 2 * 10 * 3 + 10
+    assert jobs["train_secondary"] == 8 + 4 + 6 + 3 + 3 + 3 + 1 + 3 + 3
+    assert jobs["cross_evaluate"] == 9 + 6
 
 
 def test_paper_preset_ships_replicates():
@@ -262,7 +277,13 @@ def test_paper_figure_draws_the_same_images_in_every_panel(tmp_path):
     )
     out = tmp_path / "fig.png"
     plot_paper_figure(
-        panels, out, 4, {"reduce": "abs_sum", "clip_percentile": 99.0}, 0, dpi=40, dataset=dataset
+        panels=panels,
+        out=out,
+        n_images=4,
+        preprocess={"reduce": "abs_sum", "clip_percentile": 99.0},
+        shuffle_seed=0,
+        dpi=40,
+        dataset=dataset,
     )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import xarray as xr
 from conftest import tiny_config
 
+from saliency_fingerprints.configuration import primary_name
 from saliency_fingerprints.evaluate import combine_tables, provenance_path
 from saliency_fingerprints.provenance import PACKAGES
 
@@ -70,7 +71,7 @@ def test_primaries(tiny_run):
     for metrics in sorted((tiny_run / "results/primaries").glob("*/metrics.json")):
         record = json.loads(metrics.read_text())["provenance"]
         config = check_record(record, "train_primary")
-        assert f"{config['architecture']}-seed{config['seed']}" == metrics.parent.name
+        assert primary_name(config["architecture"], config["seed"]) == metrics.parent.name
         assert {k: config[k] for k in training} == training
 
 
@@ -141,7 +142,9 @@ def test_combined_table_provenance_is_written_first(tmp_path, monkeypatch):
         return real(path)
 
     monkeypatch.setattr(evaluate, "atomic_output", spy)
-    combine_tables([part], tables / "cross_evaluation.csv", tables / "cross_evaluation.md")
+    combine_tables(
+        parts=[part], out_csv=tables / "cross_evaluation.csv", out_md=tables / "cross_evaluation.md"
+    )
     assert written == [
         "cross_evaluation.provenance.json",
         "cross_evaluation.csv",

@@ -73,22 +73,22 @@ def tiny_store(tmp_path_factory):
         "max_train_images": 80,
         "max_test_images": 40,
     }
-    prepare_dataset(cfg, out)
+    prepare_dataset(cfg=cfg, out=out)
     return out
 
 
 def copy_metrics(store, tmp_path, cap: int, target: float | None) -> dict:
     cfg = {"train_fraction": 0.5, "epochs": cap, **SETTINGS}
     return train_random_label_primary(
-        store,
-        "cnn2",
-        0,
-        cfg,
-        0,
-        target,
-        tmp_path / "model.safetensors",
-        tmp_path / "metrics.json",
-        torch.device("cpu"),
+        dataset_path=store,
+        architecture="cnn2",
+        seed=0,
+        cfg=cfg,
+        label_seed=0,
+        target_train_accuracy=target,
+        weights_out=tmp_path / "model.safetensors",
+        metrics_out=tmp_path / "metrics.json",
+        device=torch.device("cpu"),
         threads=1,
     )
 
@@ -162,7 +162,12 @@ def test_sanity_table_states_what_each_copy_reached(tmp_path):
         metrics.append(
             metrics_json(tmp_path / f"{architecture}.json", architecture, reached, accuracy)
         )
-    summary = combine_sanity_tables(parts, tmp_path / "s.csv", tmp_path / "s.md", metrics)
+    summary = combine_sanity_tables(
+        parts=parts,
+        out_csv=tmp_path / "s.csv",
+        out_md=tmp_path / "s.md",
+        random_label_metrics=metrics,
+    )
 
     table = pd.read_csv(tmp_path / "s.csv")
     copies = table[table["test"] == "random_labels"].set_index("primary")
@@ -185,7 +190,9 @@ def test_sanity_table_without_random_labels(tmp_path):
     part = tmp_path / "p.csv"
     table = per_image_table("cnn2-seed0")
     table[table["test"] != "random_labels"].to_csv(part, index=False)
-    summary = combine_sanity_tables([part], tmp_path / "s.csv", tmp_path / "s.md")
+    summary = combine_sanity_tables(
+        parts=[part], out_csv=tmp_path / "s.csv", out_md=tmp_path / "s.md"
+    )
     assert "copy_train_accuracy" not in summary
     assert "copy" not in (tmp_path / "s.md").read_text()
     assert np.isfinite(summary["spearman_abs_median"]).all()

@@ -159,15 +159,18 @@ def test_summary_and_markdown():
         )
         for s in range(4)
     ]
+    rows[0]["spearman_abs"] = float("nan")  # a constant map: no rank correlation
     summary = summarise([pd.DataFrame(rows)])
     assert len(summary) == 3 and set(summary["n_images"]) == {4}
+    assert list(summary["n_undefined"]) == [1, 0, 0]
     fc = summary[summary["layer"] == "fc"].iloc[0]
-    assert fc["spearman_abs_median"] == pytest.approx(0.515)
+    assert fc["spearman_abs_median"] == pytest.approx(0.52)  # over the 3 defined images
     assert fc["spearman_abs_q1"] <= fc["spearman_abs_median"] <= fc["spearman_abs_q3"]
     text = markdown_summary(summary)
     assert "## p: cascading parameter randomisation" in text
     assert "## Data randomisation and input invariance" in text and "input shift" in text
     assert "1: fc" in text and "2: conv2" in text and "| Grad " in text
+    assert "1 of 4 maps constant" in text
 
 
 def test_sanity_outputs_of_the_workflow(tiny_run):

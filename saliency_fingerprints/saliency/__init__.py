@@ -17,7 +17,9 @@ The package, one concern per module:
   own engines, with Google PAIR's defaults for Grad / SG / IG (the library the paper used) - and,
   through :mod:`.captum_adapter` (any Captum attribution class, batched the same way),
   :mod:`.input_x_gradient` (GxI), :mod:`.guided_backprop` (GBP), :mod:`.deeplift` (DL),
-  :mod:`.gradcam` (GC);
+  :mod:`.gradcam` (GC); and :mod:`.input_agnostic` (IA), input-agnostic class maps (Akhtar &
+  Jalwana 2023), one keyed draw of the target class's map per row, whose minibatches come from
+  the train split the store job hands it (``needs_sample_set``);
 * :mod:`.passes` - the pass planner: pass throughput, ``pass_size: auto``;
 * :mod:`.rng` - noise keyed by ``(seed, sample_id)``, so a map does not depend on the batch or
   pass it was computed in;

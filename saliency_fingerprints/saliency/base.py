@@ -77,6 +77,10 @@ class SaliencyMethod:
     #: Per-map diagnostics stored beside the maps as ``<name>(sample)`` data variables:
     #: name -> description (the variable's ``description`` attribute). None by default.
     map_variables: dict[str, str] = {}
+    #: True for methods that need the dataset's training images besides the images they explain
+    #: (input-agnostic class maps draw their minibatches from them): the store job then calls
+    #: :meth:`set_sample_set` before the first :meth:`attribute`.
+    needs_sample_set = False
 
     def __init__(self, model: nn.Module, pass_size: int = 64) -> None:
         if pass_size < 1:
@@ -95,6 +99,11 @@ class SaliencyMethod:
             raise ConfigError(
                 f"methods.{self.name}.{key} {value!r} is unknown; expected one of {tuple(choices)}"
             )
+
+    def set_sample_set(self, images: torch.Tensor) -> None:
+        """Receive the sample set (``(N, C, H, W)`` training images, on the model's device) of a
+        method with :attr:`needs_sample_set`; the store job calls it once, before any map."""
+        raise NotImplementedError(f"{self.name} does not use a sample set")
 
     def map_variable_values(
         self, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor

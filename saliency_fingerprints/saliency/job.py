@@ -136,6 +136,15 @@ def store_layout(
     return coords, attrs, data_vars
 
 
+def train_images(ds, device: torch.device) -> torch.Tensor:
+    """The dataset's train-split images (float32, on ``device``): the sample set of methods
+    with :attr:`~.base.SaliencyMethod.needs_sample_set` (a superset of every primary's own
+    training subset; the dataset's provenance is in the store fingerprint)."""
+    ids = np.flatnonzero(ds["split"].values == "train")
+    images = np.asarray(ds["image"].isel(sample=ids).values, dtype=np.float32)
+    return torch.from_numpy(images).to(device)
+
+
 def store_fingerprint(config: dict, primary: str, weights_path: str | Path, ds) -> str:
     """What a resumable ``.partial`` store must match: the job's config, the primary's name and
     weights, and the dataset's provenance."""
@@ -211,6 +220,7 @@ def write_group(writer, group: list[Chunk], maps, targets, preds, per_map) -> in
 
 
 def compute_saliency_maps(
+    *,
     dataset_path: str | Path,
     weights_path: str | Path,
     out: str | Path,
@@ -231,15 +241,20 @@ def compute_saliency_maps(
     go through the engine together.
     """
     from ..datasets import open_dataset
-    from ..provenance import Provenance, as_attr
-    from ..runtime import describe_device, set_determinism
+    from ..provenance import as_attr
+    from ..stage import Stage
     from ..store import ChunkedMapWriter, chunk_ranges
     from ..training import numeric_precision
 
     config = {"method": method, "method_params": method_params, **cfg}
-    prov = Provenance("compute_saliency", {**config, "primary": primary}, describe_device(device))
+    stage = Stage(
+        "compute_saliency",
+        {**config, "primary": primary},
+        device,
+        seed=int(cfg.get("seed", 0)),
+        threads=threads,
+    )
     target_mode, chunk_size = job_settings(cfg)
-    set_determinism(int(cfg.get("seed", 0)), threads)
     ds, info = open_dataset(dataset_path)
     model = frozen_primary(weights_path, device)
     image_shape = (info.channels, info.image_size, info.image_size)
@@ -249,6 +264,8 @@ def compute_saliency_maps(
     tf32 = bool(cfg.get("tf32", False))
     setting = cfg["pass_size"]
     engine = build_engine(model, method, method_params, setting, image_shape, len(ids), tf32)
+    if engine.needs_sample_set:  # input_agnostic: minibatches drawn from the train split
+        engine.set_sample_set(train_images(ds, device))
     n = len(ids)
     labels = ds["label"].values[ids].astype(np.int64)
     coords, attrs, data_vars = store_layout(
@@ -264,7 +281,7 @@ def compute_saliency_maps(
         engine.pass_size,
         " (auto)" if setting == "auto" else "",
         engine.gradient_evaluations,
-        describe_device(device),
+        stage.device_line,
     )
     start_time = time.perf_counter()
     with (
@@ -318,7 +335,7 @@ def compute_saliency_maps(
         bar.close()
         elapsed = time.perf_counter() - start_time
         writer.final_attrs["provenance"] = as_attr(
-            prov.finish(
+            stage.finish(
                 n_maps=n,
                 maps_per_second=round(n / max(elapsed, 1e-9), 2),
                 gradient_evaluations_per_map=engine.gradient_evaluations,
