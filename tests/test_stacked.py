@@ -46,10 +46,12 @@ def _alone(architecture, seeds, trains, settings, **options):
     return models, histories
 
 
-def _assert_same(models_a, histories_a, models_b, histories_b, atol=1e-5, weight_atol=3e-4):
-    """Same epochs, records within ``atol``, weights within ``weight_atol``: Adam divides by
-    the root of tiny second moments, so float rounding of the batched kernels can move a weight
-    by a fraction of one learning-rate step (lr 1e-3 here) without any real difference."""
+def _assert_same(models_a, histories_a, models_b, histories_b, atol=1e-5, weight_rtol=3e-3):
+    """Same epochs and records (within ``atol``), and every weight tensor within a relative
+    distance ``weight_rtol`` (Frobenius). Not elementwise: Adam divides by the root of tiny
+    second moments, so float rounding of the batched kernels (which also depends on the thread
+    count) can move a single weight by about one learning-rate step without any real
+    difference; a model trained on other data or another seed is ~1 apart."""
     for a, b, ha, hb in zip(models_a, models_b, histories_a, histories_b, strict=True):
         assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]
         for ra, rb in zip(ha, hb, strict=True):
@@ -57,7 +59,13 @@ def _assert_same(models_a, histories_a, models_b, histories_b, atol=1e-5, weight
             for key in ra:
                 assert ra[key] == pytest.approx(rb[key], abs=atol), key
         for key, value in a.state_dict().items():
-            torch.testing.assert_close(value, b.state_dict()[key], atol=weight_atol, rtol=1e-3)
+            other = b.state_dict()[key].to(value.device)
+            if not value.is_floating_point():
+                assert torch.equal(value, other), key
+                continue
+            distance = float(torch.linalg.vector_norm(value - other))
+            scale = max(float(torch.linalg.vector_norm(value)), 1e-12)
+            assert distance <= weight_rtol * scale, (key, distance / scale)
 
 
 @pytest.mark.parametrize(
@@ -151,4 +159,4 @@ def test_graphed_stack_equals_alone_on_cuda():
     ]
     stacked = [m.to(device) for m in _models("minicnn", seeds)]
     h_stacked = train_stacked(stacked, trains, settings, seeds, ["a", "b", "c"])
-    _assert_same(alone, h_alone, stacked, h_stacked, atol=1e-3, weight_atol=1e-3)
+    _assert_same(alone, h_alone, stacked, h_stacked, atol=1e-3, weight_rtol=1e-2)

@@ -66,7 +66,6 @@ def test_default_studies_expand_into_experiments_that_reuse_primaries():
         # fraction 1 with two_cnn2's primaries, replicates and secondary is two_cnn2 itself
         "learning_curve": [
             (0.25, "study-learning_curve-0p25"),
-            (0.5, "study-learning_curve-0p5"),
             (1.0, "two_cnn2"),
         ],
     }
@@ -78,7 +77,6 @@ def test_default_studies_expand_into_experiments_that_reuse_primaries():
             "study-n_primaries-2",
             "study-n_primaries-4",
             "study-learning_curve-0p25",
-            "study-learning_curve-0p5",
         }
     )
     # the same (architecture, seed) as two_cnn2's primaries: the same primaries and map stores
@@ -291,12 +289,12 @@ def test_default_studies_plan_without_cluttering_table_1(tmp_path):
     cfg = tiny_config()
     cfg["studies"] = load_default_config()["studies"]
     with_studies = planned_jobs(tmp_path / "b", cfg)
-    # two_cnn2's primaries and grad maps are the studies' (nothing new), 4 study experiments
+    # two_cnn2's primaries and grad maps are the studies' (nothing new), 3 study experiments
     # with one method each (learning_curve 1.0 is two_cnn2)
     assert with_studies["train_primary"] == without["train_primary"]
     assert with_studies["compute_saliency"] == without["compute_saliency"]
-    assert with_studies["train_secondary"] == without["train_secondary"] + 4
-    assert with_studies["cross_evaluate"] == without["cross_evaluate"] + 4
+    assert with_studies["train_secondary"] == without["train_secondary"] + 3
+    assert with_studies["cross_evaluate"] == without["cross_evaluate"] + 3
     assert with_studies["study_table"] == 2
     for rule in ("plot_heatmap", "plot_map_grid", "combine_tables"):
         assert with_studies[rule] == without[rule]
