@@ -305,25 +305,7 @@ def activation_weights(model: nn.Module, layer: nn.Module, nu: torch.Tensor) -> 
     """``Xi`` of Eq. 2 for the map ``nu`` (``(C, H, W)``): ``layer``'s output for ``nu``
     averaged over channels, bilinearly interpolated to ``H x W``, min-max normalised to
     ``[0, 1]`` (zeros if constant), repeated over the ``C`` channels; detached."""
-    captured: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda module, args, out: captured.append(out))
-    try:
-        with torch.no_grad():
-            model(nu.detach().unsqueeze(0))
-    finally:
-        hook.remove()
-    if not captured:
-        raise ConfigError("agnostic maps: the activation layer did not run in the forward pass")
-    activation = captured[-1].mean(dim=1, keepdim=True)
-    activation = F.interpolate(
-        activation, size=nu.shape[-2:], mode="bilinear", align_corners=False
-    )[0, 0]
-    low, high = activation.min(), activation.max()
-    if float(high - low) > 0:
-        xi = (activation - low) / (high - low)
-    else:
-        xi = torch.zeros_like(activation)
-    return xi.unsqueeze(0).expand_as(nu).detach()
+    return _activation_weights_many(model, layer, nu.unsqueeze(0))[0]
 
 
 def input_agnostic_map(

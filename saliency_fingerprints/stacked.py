@@ -172,8 +172,7 @@ class GraphedStep:
 
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
-        # The captured step does not run: it is recorded, so it costs no training step.
-        saved = (self.step.totals.clone(), self.step.hits.clone())
+        # Capture records the step without running it: it costs no training step (nor counts).
         try:
             self.step.opt.zero_grad(set_to_none=True)
             with torch.cuda.graph(graph):
@@ -182,8 +181,6 @@ class GraphedStep:
             log.warning("CUDA graph capture failed (%s); training on without graphs", err)
             self.failed = True
             return
-        self.step.totals.copy_(saved[0])
-        self.step.hits.copy_(saved[1])
         self.graph = graph
 
 
