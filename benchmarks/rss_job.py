@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=json.dumps(
             {"images": "all", "target": "predicted", "pass_size": "auto", "chunk_size": 256}
         ),
-        help="the job's `saliency` config, JSON",
+        help="the job's `saliency` config, JSON (keys left out: the schema's defaults)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
+    from saliency_fingerprints.configuration import schema_defaults
     from saliency_fingerprints.saliency import compute_saliency_maps, open_maps
 
     torch.set_num_threads(args.threads)
@@ -63,7 +64,7 @@ def main(argv=None) -> dict:
         out=args.out,
         method=args.method,
         method_params=json.loads(args.params),
-        cfg=json.loads(args.config),
+        cfg={**schema_defaults("properties", "saliency"), **json.loads(args.config)},
         primary="bench",
         device=torch.device(args.device),
         threads=args.threads,

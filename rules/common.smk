@@ -19,7 +19,9 @@ from saliency_fingerprints.configuration import (
     experiment_target,
     local_source,
     primary_name,
+    parse_tag,
     sanity_primaries,
+    TAG_PATTERN,
     study_experiments,
 )
 from saliency_fingerprints.errors import ConfigError
@@ -50,6 +52,7 @@ LOGS = f"{RESULTS}/logs"
 wildcard_constraints:
     architecture="[a-z0-9]+",
     seed=r"\d+",
+    tag=TAG_PATTERN,  # a primary's data seed and training length, when not the default
     method="[a-z_]+",
     variant="original|shuffled_per_map|shuffled_fixed",
     experiment="[A-Za-z0-9_-]+",
@@ -76,9 +79,27 @@ def table_experiments():
 
 
 def study_levels(study):
-    """A study's levels as its table job sees them: level, experiment, methods."""
+    """A study's levels as its table job sees them: level, experiment, methods, and the names
+    of the experiment's primaries (every replicate's)."""
     keys = ("level", "experiment", "methods")
-    return canonical([{k: lvl[k] for k in keys} for lvl in STUDIES[study]["levels"]])
+    return canonical(
+        [
+            {**{k: lvl[k] for k in keys}, "primaries": [p.name for p in all_primaries(lvl["experiment"])]}
+            for lvl in STUDIES[study]["levels"]
+        ]
+    )
+
+
+def study_primary_metrics(study):
+    """metrics.json of every primary of a study's levels, each once (their test accuracy goes
+    beside each level)."""
+    return list(
+        dict.fromkeys(
+            f"{PRIMARY}/metrics.json".format(**p.fields)
+            for lvl in STUDIES[study]["levels"]
+            for p in all_primaries(lvl["experiment"])
+        )
+    )
 
 
 def study_parts(study):
@@ -92,17 +113,17 @@ def study_parts(study):
 
 
 def experiment_primaries(experiment, replicate=0):
-    """(architecture, seed) pairs of an experiment's replicate, in the order that defines their
-    labels (replicates differ only with replicates.disjoint_primaries)."""
+    """The primaries (configuration.Primary) of an experiment's replicate, in the order that
+    defines their labels (replicates differ only with replicates.disjoint_primaries)."""
     return _experiment_primaries(config, experiment, int(replicate))
 
 
 def primary_names(experiment, replicate=0):
-    return [primary_name(a, s) for a, s in experiment_primaries(experiment, replicate)]
+    return [p.name for p in experiment_primaries(experiment, replicate)]
 
 
 def all_primaries(experiment):
-    """(architecture, seed) pairs of every replicate of an experiment, each once."""
+    """The primaries of every replicate of an experiment, each once."""
     return list(
         dict.fromkeys(
             pair
@@ -165,12 +186,20 @@ def plot_settings(*keys):
     return canonical({k: config["plots"][k] for k in keys})
 
 
+def primary_training(tag):
+    """``primary_training`` as a primary of ``tag`` trains: with its own epochs where the tag
+    sets them (the training_length study); unchanged otherwise, so plain primaries keep their
+    params."""
+    epochs = parse_tag(tag)[1]
+    return canonical(deep_merge(config["primary_training"], {} if epochs is None else {"epochs": epochs}))
+
+
 def method_params(method):
     return canonical(config["methods"][method] or {})
 
 
 # -- paths --------------------------------------------------------------------------------------
-PRIMARY_NAME = primary_name("{architecture}", "{seed}")  # a primary's name, as wildcards
+PRIMARY_NAME = primary_name("{architecture}", "{seed}", "{tag}")  # a primary's name, as wildcards
 PRIMARY = f"{RESULTS}/primaries/{PRIMARY_NAME}"
 MAPS = f"{RESULTS}/saliency/{{target}}/{{method}}/{PRIMARY_NAME}.zarr"
 SECONDARY = f"{RESULTS}/experiments/{{experiment}}/secondaries/{{method}}/{{variant}}"
@@ -193,9 +222,9 @@ def maps_of(experiment, methods, replicate=0):
     """Map stores of every (method, primary) of an experiment's replicate, method-major."""
     target = experiment_target(config, experiment)
     return [
-        MAPS.format(target=target, method=m, architecture=a, seed=s)
+        MAPS.format(target=target, method=m, **p.fields)
         for m in methods
-        for a, s in experiment_primaries(experiment, replicate)
+        for p in experiment_primaries(experiment, replicate)
     ]
 
 
@@ -223,9 +252,9 @@ def primary_metrics():
     """metrics.json of every primary of every table experiment's replicates, each once."""
     return list(
         dict.fromkeys(
-            f"{PRIMARY}/metrics.json".format(architecture=a, seed=s)
+            f"{PRIMARY}/metrics.json".format(**p.fields)
             for e in table_experiments()
-            for a, s in all_primaries(e)
+            for p in all_primaries(e)
         )
     )
 

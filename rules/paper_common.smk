@@ -42,16 +42,16 @@ def paper_figure_panels():
 
 def panel(experiment, methods, variants, title):
     """The first two primaries of an experiment (the paper's networks A and B)."""
-    pairs = experiment_primaries(experiment)[:2]
+    primaries = experiment_primaries(experiment)[:2]
     secondary = secondary_config(experiment)
     return {
         "title": title,
         "stores": {
             m: {
-                primary_name(a, s): MAPS.format(
-                    target=experiment_target(config, experiment), method=m, architecture=a, seed=s
+                p.name: MAPS.format(
+                    target=experiment_target(config, experiment), method=m, **p.fields
                 )
-                for a, s in pairs
+                for p in primaries
             }
             for m in methods
         },

@@ -5,7 +5,7 @@ rule train_primary:
         weights=f"{PRIMARY}/model.safetensors",
         metrics=f"{PRIMARY}/metrics.json",
     params:
-        training=canonical(config["primary_training"]),
+        training=lambda wc: primary_training(wc.tag),
     log:
         f"{LOGS}/train_primary/{PRIMARY_NAME}.log",
     threads: 1

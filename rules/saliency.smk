@@ -7,7 +7,7 @@ rule compute_saliency:
     params:
         method=lambda wc: method_params(wc.method),
         saliency=lambda wc: saliency_params(wc.target),
-        primary=lambda wc: primary_name(wc.architecture, wc.seed),
+        primary=lambda wc: primary_name(wc.architecture, wc.seed, wc.tag),
     log:
         f"{LOGS}/compute_saliency/{{target}}/{{method}}/{PRIMARY_NAME}.log",
     threads: 1

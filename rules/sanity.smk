@@ -14,6 +14,8 @@ rule train_random_label_primary:
         training=lambda wc: random_label_training(wc.architecture),
         label_seed=lambda wc: sanity_settings()["random_labels"]["seed"],
         target_train_accuracy=lambda wc: random_label_target(),
+    wildcard_constraints:
+        tag="(?:)",  # empty: sanity checks run on primaries of the default data seed and length
     log:
         f"{LOGS}/train_random_label_primary/{PRIMARY_NAME}.log",
     threads: 1
@@ -37,7 +39,9 @@ rule sanity_check:
         method=lambda wc: method_params(wc.method),
         sanity=lambda wc: sanity_params(),
         pass_size=config["saliency"]["pass_size"],
-        primary=lambda wc: primary_name(wc.architecture, wc.seed),
+        primary=lambda wc: primary_name(wc.architecture, wc.seed, wc.tag),
+    wildcard_constraints:
+        tag="(?:)",  # empty: sanity checks run on primaries of the default data seed and length
     log:
         f"{LOGS}/sanity_check/{{method}}/{PRIMARY_NAME}.log",
     threads: 1
@@ -54,9 +58,9 @@ rule sanity_check:
 rule combine_sanity_tables:
     input:
         tables=lambda wc: [
-            SANITY_TABLE.format(method=m, architecture=a, seed=s)
+            SANITY_TABLE.format(method=m, **p.fields)
             for m in sanity_settings()["methods"]
-            for a, s in sanity_primaries(config)
+            for p in sanity_primaries(config)
         ],
         random_labels=lambda wc: random_label_metrics(),
     output:
@@ -104,7 +108,9 @@ rule plot_sanity_curves:
 rule plot_sanity_maps:
     input:
         maps=lambda wc: [
-            zarr_store(SANITY_MAPS.format(method=m, architecture=wc.architecture, seed=wc.seed))
+            zarr_store(
+                SANITY_MAPS.format(method=m, architecture=wc.architecture, seed=wc.seed, tag=wc.tag)
+            )
             for m in sanity_settings()["methods"]
         ],
     output:
@@ -116,6 +122,8 @@ rule plot_sanity_maps:
     params:
         methods=lambda wc: list(sanity_settings()["methods"]),
         plots=plot_settings("map_cmap", "dpi"),
+    wildcard_constraints:
+        tag="(?:)",  # empty: sanity checks run on primaries of the default data seed and length
     log:
         f"{LOGS}/plot_sanity_maps/{PRIMARY_NAME}.log",
     threads: 1

@@ -35,8 +35,8 @@ def random_label_metrics():
     if not random_labels_enabled():
         return []
     return [
-        f"{RANDOM_LABEL_PRIMARY}/metrics.json".format(architecture=a, seed=s)
-        for a, s in sanity_primaries(config)
+        f"{RANDOM_LABEL_PRIMARY}/metrics.json".format(**p.fields)
+        for p in sanity_primaries(config)
     ]
 
 
@@ -56,7 +56,7 @@ def sanity_params():
 
 def sanity_check_input(wildcards):
     """The dataset, the primary and (with the data randomisation test) its random-label copy."""
-    which = {"architecture": wildcards.architecture, "seed": wildcards.seed}
+    which = {"architecture": wildcards.architecture, "seed": wildcards.seed, "tag": wildcards.tag}
     inputs = {
         "dataset": zarr_store(DATASET),
         "weights": f"{PRIMARY}/model.safetensors".format(**which),
@@ -74,6 +74,5 @@ def sanity_outputs():
         f"{RESULTS}/tables/sanity_checks.md",
         f"{RESULTS}/figures/sanity/rank_correlation.png",
     ] + [
-        f"{RESULTS}/figures/sanity/maps/{primary_name(a, s)}.png"
-        for a, s in sanity_primaries(config)
+        f"{RESULTS}/figures/sanity/maps/{p.name}.png" for p in sanity_primaries(config)
     ]

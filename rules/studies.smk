@@ -6,6 +6,7 @@
 rule study_table:
     input:
         parts=lambda wc: study_parts(wc.study),
+        primaries=lambda wc: study_primary_metrics(wc.study),
     output:
         csv=report(
             f"{RESULTS}/tables/studies/{{study}}.csv",

@@ -11,10 +11,13 @@ JSON schema cannot express (:func:`check_experiments`) and the checks on the fil
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -22,6 +25,9 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config/schema/config.schema.yaml"
+"""The config schema: the one place of every config key's default and single-value bounds."""
 
 _COMPARISONS = {
     "minimum": ">=",
@@ -109,6 +115,50 @@ def check_schema(cfg: Mapping, schema: Mapping | str | Path) -> None:
         raise ConfigError(schema_message(error))
 
 
+@functools.cache
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _block_defaults(node: Mapping) -> dict:
+    """``{key: default}`` of a schema block's properties, including those it takes in through
+    ``allOf`` or a local ``$ref`` (the block's own properties win)."""
+    found: dict = {}
+    if "$ref" in node:
+        found.update(_block_defaults(_schema_node(node["$ref"])))
+    for part in node.get("allOf", []):
+        found.update(_block_defaults(part))
+    for key, spec in node.get("properties", {}).items():
+        if isinstance(spec, Mapping) and "default" in spec:
+            found[key] = spec["default"]
+    return found
+
+
+def _schema_node(ref: str) -> Mapping:
+    """The block a local ``$ref`` (``#/$defs/seed``) points to."""
+    if not ref.startswith("#/"):
+        raise ValueError(f"only local schema references are followed, got {ref!r}")
+    node = _schema()
+    for step in ref[2:].split("/"):
+        node = node[step]
+    return node
+
+
+@functools.cache
+def _cached_defaults(path: tuple[str, ...]) -> dict:
+    node = _schema()
+    for step in path:
+        node = node[step]
+    return _block_defaults(node)
+
+
+def schema_defaults(*path: str) -> dict:
+    """``{key: default}`` of the properties of the schema block at ``path`` (a fresh copy), as
+    ``snakemake.utils.validate`` fills them in: ``schema_defaults("properties", "dataset")``,
+    ``schema_defaults("$defs", "train_defaults")``. Keys without a default are left out."""
+    return copy.deepcopy(_cached_defaults(tuple(path)))
+
+
 def deep_merge(base: Mapping, override: Mapping) -> dict:
     """``base`` updated recursively with ``override`` (neither is modified)."""
     merged = copy.deepcopy(dict(base))
@@ -139,51 +189,137 @@ def canonical(value):
     return value
 
 
-def primary_name(architecture: str, seed: int) -> str:
+def primary_tag(data_seed: int | None = None, epochs: int | None = None) -> str:
+    """What a primary's name adds to ``<architecture>-seed<seed>`` when its data seed or its
+    training length is not the default: ``-data<d>``, ``-epoch<e>`` (in that order)."""
+    return ("" if data_seed is None else f"-data{data_seed}") + (
+        "" if epochs is None else f"-epoch{epochs}"
+    )
+
+
+TAG_PATTERN = r"(-data\d+)?(-epoch\d+)?"  # the ``tag`` wildcard of the rules
+
+
+def parse_tag(tag: str) -> tuple[int | None, int | None]:
+    """(data_seed, epochs) of a :func:`primary_tag`."""
+    match = re.fullmatch(r"(?:-data(\d+))?(?:-epoch(\d+))?", tag)
+    if match is None:
+        raise ConfigError(f"primary tag {tag!r}: expected -data<seed> and/or -epoch<epochs>")
+    return tuple(None if g is None else int(g) for g in match.groups())
+
+
+def primary_name(architecture: str, seed: int | str, tag: str = "") -> str:
     """The name of a primary in paths and in the ``primary`` coordinate of map stores."""
-    return f"{architecture}-seed{seed}"
+    return f"{architecture}-seed{seed}{tag}"
 
 
-def primary_pairs(groups: Iterable[Mapping]) -> list[tuple[str, int]]:
-    """``[{architecture, seeds}, ...]`` as (architecture, seed) pairs, in the listed order."""
-    return [(group["architecture"], int(seed)) for group in groups for seed in group["seeds"]]
+class Primary(NamedTuple):
+    """One primary classifier: its architecture, its initialisation seed, its data seed (which
+    training subset and batch order; None: the initialisation seed, so one seed sets both) and
+    its training length (None: ``primary_training.epochs``; 0: untrained). Equal tuples are the
+    same primary: same name, same weights file, same map stores."""
+
+    architecture: str
+    seed: int
+    data_seed: int | None = None
+    epochs: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return primary_tag(self.data_seed, self.epochs)
+
+    @property
+    def name(self) -> str:
+        return primary_name(self.architecture, self.seed, self.tag)
+
+    @property
+    def fields(self) -> dict:
+        """The path wildcards of this primary: architecture, seed, tag."""
+        return {"architecture": self.architecture, "seed": self.seed, "tag": self.tag}
+
+    def shifted(self, shift: int) -> Primary:
+        """The same kind of primary with every seed moved up by ``shift``."""
+        data = None if self.data_seed is None else self.data_seed + shift
+        return self._replace(seed=self.seed + shift, data_seed=data)
+
+
+def make_primary(
+    architecture: str,
+    seed: int,
+    data_seed: int | None = None,
+    epochs: int | None = None,
+    default_epochs: int | None = None,
+) -> Primary:
+    """A :class:`Primary` in its one canonical form: a data seed equal to the initialisation
+    seed, or a length equal to ``primary_training.epochs``, is the default (None)."""
+    data_seed = None if data_seed is None or int(data_seed) == int(seed) else int(data_seed)
+    if epochs is not None and default_epochs is not None and int(epochs) == int(default_epochs):
+        epochs = None
+    epochs = None if epochs is None else int(epochs)
+    return Primary(architecture, int(seed), data_seed, epochs)
+
+
+def listed_primaries(groups: Iterable[Mapping], default_epochs: int | None = None) -> list[Primary]:
+    """``[{architecture, seeds, data_seeds?, epochs?}, ...]`` as :class:`Primary` tuples, in the
+    listed order; ``data_seeds`` pairs with ``seeds`` position by position."""
+    primaries = []
+    for index, group in enumerate(groups):
+        seeds = list(group["seeds"])
+        data_seeds = list(group.get("data_seeds") or [None] * len(seeds))
+        if len(data_seeds) != len(seeds):
+            raise ConfigError(
+                f"primaries[{index}].data_seeds: got {len(data_seeds)} entries; expected one "
+                f"per seed ({len(seeds)})"
+            )
+        for seed, data_seed in zip(seeds, data_seeds, strict=True):
+            primaries.append(
+                make_primary(
+                    group["architecture"], seed, data_seed, group.get("epochs"), default_epochs
+                )
+            )
+    return primaries
 
 
 def replicate_settings(config: Mapping, experiment: str) -> dict:
     """The experiment's ``replicates`` block over the global one (both filled by the schema)."""
     return deep_merge(
-        config.get("replicates") or {}, config["experiments"][experiment].get("replicates") or {}
+        config["replicates"], config["experiments"][experiment].get("replicates") or {}
     )
 
 
-def primary_set_stride(pairs: list[tuple[str, int]]) -> int:
-    """How far disjoint primary sets are apart in seed: the widest seed range of one
-    architecture in the experiment (seeds [0, 1] -> 2: sets {0, 1}, {2, 3}, {4, 5}; one seed per
-    architecture -> 1)."""
+def primary_set_stride(primaries: list[Primary]) -> int:
+    """How far disjoint primary sets are apart in seed: the widest range of the (initialisation
+    and data) seeds of one architecture in the experiment (seeds [0, 1] -> 2: sets {0, 1},
+    {2, 3}, {4, 5}; one seed per architecture -> 1)."""
     spans = {}
-    for architecture, seed in pairs:
-        low, high = spans.get(architecture, (seed, seed))
-        spans[architecture] = (min(low, seed), max(high, seed))
+    for p in primaries:
+        for seed in (p.seed, p.seed if p.data_seed is None else p.data_seed):
+            low, high = spans.get(p.architecture, (seed, seed))
+            spans[p.architecture] = (min(low, seed), max(high, seed))
     return max(high - low + 1 for low, high in spans.values())
 
 
-def experiment_primaries(
-    config: Mapping, experiment: str, replicate: int = 0
-) -> list[tuple[str, int]]:
-    """(architecture, seed) pairs of an experiment's replicate, in the order that defines their
-    labels. Without ``replicates.disjoint_primaries`` every replicate has the listed primaries;
-    with it, replicate r has them with every seed moved up by r x :func:`primary_set_stride`, so
-    the sets of different replicates share no primary."""
-    pairs = primary_pairs(config["experiments"][experiment]["primaries"])
-    if replicate and replicate_settings(config, experiment).get("disjoint_primaries"):
-        shift = replicate * primary_set_stride(pairs)
-        pairs = [(architecture, seed + shift) for architecture, seed in pairs]
-    return pairs
+def experiment_primaries(config: Mapping, experiment: str, replicate: int = 0) -> list[Primary]:
+    """The primaries of an experiment's replicate, in the order that defines their labels.
+    Without ``replicates.disjoint_primaries`` every replicate has the listed primaries; with it,
+    replicate r has them with every seed (initialisation and data) moved up by r x
+    :func:`primary_set_stride`, so the sets of different replicates share no primary."""
+    try:
+        primaries = listed_primaries(
+            config["experiments"][experiment]["primaries"],
+            (config.get("primary_training") or {}).get("epochs"),  # None: no length is default
+        )
+    except ConfigError as error:
+        raise ConfigError(f"experiments.{experiment}.{error}") from None
+    if replicate and replicate_settings(config, experiment)["disjoint_primaries"]:
+        shift = replicate * primary_set_stride(primaries)
+        primaries = [p.shifted(shift) for p in primaries]
+    return primaries
 
 
 def experiment_replicates(config: Mapping, experiment: str) -> list[int]:
     """Replicate indices of an experiment: 0 .. replicates.n - 1."""
-    return list(range(int(replicate_settings(config, experiment).get("n", 1))))
+    return list(range(int(replicate_settings(config, experiment)["n"])))
 
 
 def experiment_target(config: Mapping, experiment: str) -> str:
@@ -200,11 +336,11 @@ def check_experiments(config: Mapping) -> None:
                 f"experiments.{name}.primaries: got {len(pairs)} primary; expected at least 2 "
                 "(a secondary tells primaries apart)"
             )
-        twice = sorted({primary_name(a, s) for a, s in pairs if pairs.count((a, s)) > 1})
+        twice = sorted({p.name for p in pairs if pairs.count(p) > 1})
         if twice:
             raise ConfigError(
                 f"experiments.{name}.primaries: {', '.join(twice)} listed more than once; "
-                "expected each (architecture, seed) once"
+                "expected each primary (architecture, seed, data seed, epochs) once"
             )
         check_method_names(config, experiment["methods"], f"experiments.{name}.methods")
 
@@ -224,9 +360,9 @@ def check_method_names(config: Mapping, methods: Iterable[str], key: str) -> Non
             )
 
 
-def sanity_primaries(config: Mapping) -> list[tuple[str, int]]:
-    """(architecture, seed) pairs the sanity checks run on; empty without ``sanity_checks``."""
-    return primary_pairs((config.get("sanity_checks") or {}).get("primaries", []))
+def sanity_primaries(config: Mapping) -> list[Primary]:
+    """The primaries the sanity checks run on; empty without ``sanity_checks``."""
+    return listed_primaries((config.get("sanity_checks") or {}).get("primaries", []))
 
 
 def check_sanity_checks(config: Mapping) -> None:
@@ -234,7 +370,7 @@ def check_sanity_checks(config: Mapping) -> None:
     block = config.get("sanity_checks") or {}
     check_method_names(config, block.get("methods", []), "sanity_checks.methods")
     pairs = sanity_primaries(config)
-    twice = sorted({primary_name(a, s) for a, s in pairs if pairs.count((a, s)) > 1})
+    twice = sorted({p.name for p in pairs if pairs.count(p) > 1})
     if twice:
         raise ConfigError(
             f"sanity_checks.primaries: {', '.join(twice)} listed more than once; "
@@ -296,7 +432,7 @@ def check_dataset_files(dataset: Mapping) -> None:
 
 # -- studies (beyond the paper): config blocks that expand into ordinary experiments -------------
 
-STUDY_KINDS = ("n_primaries", "learning_curve")
+STUDY_KINDS = ("n_primaries", "learning_curve", "init_vs_data", "training_length")
 
 
 def study_level_name(study: str, level: float) -> str:
@@ -312,7 +448,6 @@ def experiment_identity(config: Mapping, experiment: str) -> tuple:
     seeds they imply). Two experiments with the same identity train the same secondary for a
     method on its original maps."""
     cfg = deep_merge(config["secondary"], config["experiments"][experiment].get("secondary") or {})
-    cfg.setdefault("fit_fraction", 1.0)
     cfg.pop("shuffle_seed", None)  # shapes the shuffled variants only
     primaries = tuple(
         tuple(experiment_primaries(config, experiment, r))
@@ -331,7 +466,7 @@ def _same_as(config: Mapping, name: str, candidate: Mapping) -> str | None:
             continue
         if (
             set(candidate["methods"]) <= set(experiment["methods"])
-            and "original" in experiment.get("variants", ["original"])
+            and "original" in experiment["variants"]
             and experiment_identity(trial, other) == identity
         ):
             return other
@@ -339,21 +474,69 @@ def _same_as(config: Mapping, name: str, candidate: Mapping) -> str | None:
 
 
 def _n_primaries_levels(config: Mapping, block: Mapping) -> list[tuple[int, dict]]:
-    architecture, methods = block["architecture"], list(block.get("methods") or ["grad"])
-    levels = []
-    for k in block["counts"]:
-        experiment = {
-            "description": (
-                f"Study n_primaries: {k} {architecture} primaries (seeds 0-{k - 1}), chance 1/{k}."
+    architecture = block["architecture"]
+    return [
+        (
+            int(k),
+            _own_primaries_experiment(
+                block,
+                f"Study n_primaries: {k} {architecture} primaries (seeds 0-{k - 1}), chance 1/{k}.",
+                [{"architecture": architecture, "seeds": list(range(int(k)))}],
             ),
-            "primaries": [{"architecture": architecture, "seeds": list(range(int(k)))}],
-            "methods": methods,
-            "variants": ["original"],
-        }
-        for key in ("target", "secondary", "replicates"):
-            if block.get(key):
-                experiment[key] = copy.deepcopy(block[key])
-        levels.append((int(k), experiment))
+        )
+        for k in block["counts"]
+    ]
+
+
+def _own_primaries_experiment(block: Mapping, description: str, primaries: list[dict]) -> dict:
+    """A level of a study that builds its own primaries, with the block's shared settings."""
+    experiment = {
+        "description": description,
+        "primaries": primaries,
+        "methods": list(block["methods"]),
+        "variants": ["original"],
+    }
+    for key in ("target", "secondary", "replicates"):
+        if block.get(key):
+            experiment[key] = copy.deepcopy(block[key])
+    return experiment
+
+
+INIT_VS_DATA_LEVELS = ("init", "data", "both")
+
+
+def _init_vs_data_levels(config: Mapping, block: Mapping) -> list[tuple[str, dict]]:
+    architecture, seeds = block["architecture"], [int(s) for s in block["seeds"]]
+    first, k = seeds[0], len(seeds)
+    groups = {
+        "init": (seeds, [first] * k, f"seeds {seeds}, all on the data of seed {first}"),
+        "data": ([first] * k, seeds, f"all initialised by seed {first}, on the data of {seeds}"),
+        "both": (seeds, seeds, f"seeds {seeds} for both initialisation and data"),
+    }
+    levels = []
+    for level in INIT_VS_DATA_LEVELS:
+        init, data, what = groups[level]
+        group = {"architecture": architecture, "seeds": init}
+        if data != init:
+            group["data_seeds"] = data
+        description = f"Study init_vs_data, level {level}: {k} {architecture} primaries, {what}."
+        levels.append((level, _own_primaries_experiment(block, description, [group])))
+    return levels
+
+
+def _training_length_levels(config: Mapping, block: Mapping) -> list[tuple[int, dict]]:
+    architecture, seeds = block["architecture"], [int(s) for s in block["seeds"]]
+    full = int(config["primary_training"]["epochs"])
+    levels = []
+    for epochs in sorted(int(e) for e in block["epochs"]):
+        group = {"architecture": architecture, "seeds": seeds}
+        if epochs != full:
+            group["epochs"] = epochs
+        description = (
+            f"Study training_length: {architecture} primaries {seeds} after {epochs} of "
+            f"{full} epochs{' (untrained)' if epochs == 0 else ''}."
+        )
+        levels.append((epochs, _own_primaries_experiment(block, description, [group])))
     return levels
 
 
@@ -397,13 +580,17 @@ def expand_studies(config: dict) -> dict[str, dict]:
     shared by identity anyway (paths name architecture, seed, target and method). Running it
     again on an expanded config changes nothing."""
     plan: dict[str, dict] = {}
-    for study, block in (config.get("studies") or {}).items():
-        if not block or not block.get("enabled", True):
+    for study, block in config["studies"].items():
+        if not block["enabled"]:
             continue
         if study == "n_primaries":
             levels = _n_primaries_levels(config, block)
         elif study == "learning_curve":
             levels = _learning_curve_levels(config, block)
+        elif study == "init_vs_data":
+            levels = _init_vs_data_levels(config, block)
+        elif study == "training_length":
+            levels = _training_length_levels(config, block)
         else:  # the schema admits only the kinds above
             raise ConfigError(f"studies.{study}: unknown study; expected one of: {STUDY_KINDS}")
         check_method_names(config, levels[0][1]["methods"], f"studies.{study}.methods")

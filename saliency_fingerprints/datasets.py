@@ -39,13 +39,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .provenance import Provenance, as_attr
 from .sources import (
     SPLITS,
     archive_kind,
     archive_name,
-    check_sha256,
     extract,
     fetch,
     index_imagefolder,
@@ -53,8 +52,6 @@ from .sources import (
 from .store import open_store, write_dataset
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DOWNLOAD_DIR = "resources/downloads"
 
 
 @dataclass
@@ -88,8 +85,6 @@ class ImageSet:
 
 def random_split(n: int, test_fraction: float, seed: int) -> np.ndarray:
     """Seeded train/test assignment for sources without an official split."""
-    if not 0 < test_fraction < 1:
-        raise ConfigError(f"dataset.test_fraction must be in (0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(n)
     split = np.full(n, "train", dtype="<U5")
     split[order[: max(1, round(n * test_fraction))]] = "test"
@@ -97,22 +92,8 @@ def random_split(n: int, test_fraction: float, seed: int) -> np.ndarray:
 
 
 # -- settings shared by every source ----------------------------------------------------------
-
-
-def _optional_positive_int(cfg: dict, key: str) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"dataset.{key} must be a positive integer or null, got {value!r}")
-    return value
-
-
-def target_channels(cfg: dict) -> int | None:
-    value = cfg.get("channels")
-    if value not in (None, 1, 3) or isinstance(value, bool):
-        raise ConfigError(f"dataset.channels must be 1, 3 or null (keep), got {value!r}")
-    return value
+# ``cfg`` is the schema-validated ``dataset`` block: the schema checks every value and fills in
+# the defaults.
 
 
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int, stream: int) -> np.ndarray:
@@ -146,8 +127,8 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int, stream: i
 
 def subsample_split(cfg: dict, split: str, labels: np.ndarray) -> np.ndarray:
     """Indices kept of one split under ``dataset.max_<split>_images``."""
-    size = _optional_positive_int(cfg, f"max_{split}_images")
-    return stratified_subset(labels, size, int(cfg.get("split_seed", 0)), SPLITS.index(split))
+    size = cfg[f"max_{split}_images"]
+    return stratified_subset(labels, size, int(cfg["split_seed"]), SPLITS.index(split))
 
 
 # -- decoding images with PIL ------------------------------------------------------------------
@@ -238,13 +219,13 @@ def load_sklearn_digits(cfg: dict) -> ImageSet:
     digits = load_digits()
     images = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
     labels = digits.target.astype(np.int64)
-    split = random_split(len(labels), cfg.get("test_fraction", 0.2), cfg.get("split_seed", 0))
+    split = random_split(len(labels), cfg["test_fraction"], cfg["split_seed"])
     keep = np.concatenate(
         [np.flatnonzero(split == s)[subsample_split(cfg, s, labels[split == s])] for s in SPLITS]
     )
     keep.sort()
     images, labels, split = images[keep], labels[keep], split[keep]
-    channels, size = target_channels(cfg), _optional_positive_int(cfg, "image_size")
+    channels, size = cfg["channels"], cfg["image_size"]
     if channels is not None or size is not None:
         images = adapt_float_images(images, channels, size)
     return ImageSet(images, labels, split, [str(c) for c in digits.target_names])
@@ -268,9 +249,6 @@ def adapt_float_images(images: np.ndarray, channels: int | None, size: int | Non
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "KMNIST", "SVHN")
-
-
 def _torchvision_split(cls, name: str, root: Path, split: str):
     kwargs = {"split": split} if name == "SVHN" else {"train": split == "train"}
     try:
@@ -289,15 +267,10 @@ def load_torchvision(cfg: dict) -> ImageSet:
     from PIL import Image
     from torchvision import datasets as tv_datasets
 
-    name = cfg.get("torchvision_dataset")
-    if name not in TORCHVISION_DATASETS:
-        raise ConfigError(
-            f"dataset.torchvision_dataset must be one of {', '.join(TORCHVISION_DATASETS)} for "
-            f"source 'torchvision', got {name!r}"
-        )
-    root = Path(cfg.get("download_dir") or DEFAULT_DOWNLOAD_DIR) / "torchvision"
+    name = cfg["torchvision_dataset"]  # one of the schema's, which requires it for torchvision
+    root = Path(cfg["download_dir"]) / "torchvision"
     root.mkdir(parents=True, exist_ok=True)
-    channels, size = target_channels(cfg), _optional_positive_int(cfg, "image_size")
+    channels, size = cfg["channels"], cfg["image_size"]
     parts, classes = [], None
     for split in SPLITS:
         ds = _torchvision_split(getattr(tv_datasets, name), name, root, split)
@@ -324,7 +297,7 @@ def load_torchvision(cfg: dict) -> ImageSet:
 def load_imagefolder(cfg: dict, path: Path, origin: str) -> ImageSet:
     """Index an ImageFolder tree, subsample each split, decode the chosen files."""
     index = index_imagefolder(path, origin)
-    channels, size = target_channels(cfg), _optional_positive_int(cfg, "image_size")
+    channels, size = cfg["channels"], cfg["image_size"]
     files, labels, split = [], [], []
     for part in SPLITS:
         part_labels = np.asarray(index.labels[part], dtype=np.int64)
@@ -348,27 +321,17 @@ def load_imagefolder(cfg: dict, path: Path, origin: str) -> ImageSet:
 
 def load_folder(cfg: dict) -> ImageSet:
     """A local ImageFolder directory (``train/<class>/*``, ``test/<class>/*``)."""
-    path = cfg.get("path")
-    if not path:
-        raise ConfigError(
-            "dataset.path is required for source 'folder': a directory holding "
-            "train/<class>/<image> and test/<class>/<image>"
-        )
+    path = cfg["path"]  # the schema requires it for source folder
     return load_imagefolder(cfg, Path(path), f"dataset.path {str(path)!r}")
 
 
 def load_archive(cfg: dict) -> ImageSet:
     """An ImageFolder archive: fetched, sha256-checked, safely and atomically extracted."""
-    url = cfg.get("url")
-    if not url:
-        raise ConfigError(
-            "dataset.url is required for source 'archive': http(s)://..., file:///abs/path or a "
-            "path to a .tar.gz/.tgz/.tar/.tar.bz2/.tar.xz/.zip ImageFolder archive"
-        )
-    sha256 = check_sha256(cfg.get("sha256"))
+    url = cfg["url"]  # the schema requires url and sha256 (64 hex digits) for source archive
+    sha256 = cfg["sha256"].lower()
     name = archive_name(url)
     archive_kind(name)  # an unsupported suffix stops before any download
-    download_dir = Path(cfg.get("download_dir") or DEFAULT_DOWNLOAD_DIR)
+    download_dir = Path(cfg["download_dir"])
     archive = fetch(url, sha256, download_dir)
     root = extract(archive, name, sha256, download_dir)
     return load_imagefolder(cfg, root, f"dataset.url {url!r}")
@@ -383,19 +346,14 @@ SOURCES: dict[str, Callable[[dict], ImageSet]] = {
 
 
 def load_source(cfg: dict) -> ImageSet:
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ConfigError(
-            f"dataset.source {source!r} is unknown; expected one of: {', '.join(sorted(SOURCES))}"
-        )
-    return SOURCES[source](cfg)
+    return SOURCES[cfg["source"]](cfg)  # the schema's enum: the keys of SOURCES
 
 
 def prepare_dataset(*, cfg: dict, out: str | Path) -> xr.Dataset:
     """Load the configured source and write the dataset store atomically."""
     prov = Provenance("prepare_dataset", cfg)
     data = load_source(cfg)
-    data.validate(f"dataset {cfg.get('name')!r} (source {cfg.get('source')!r})")
+    data.validate(f"dataset {cfg['name']!r} (source {cfg['source']!r})")
     n = data.images.shape[0]
     coords = {
         "sample": np.arange(n, dtype=np.int64),
@@ -408,8 +366,8 @@ def prepare_dataset(*, cfg: dict, out: str | Path) -> xr.Dataset:
         {"image": (("sample", "channel", "y", "x"), np.asarray(data.images, dtype=np.float32))},
         coords=coords,
         attrs={
-            "name": cfg.get("name", ""),
-            "source": cfg.get("source", ""),
+            "name": cfg["name"],
+            "source": cfg["source"],
             "classes": json.dumps(data.classes),
             "provenance": as_attr(prov.finish(n_images=n)),
         },

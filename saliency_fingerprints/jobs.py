@@ -149,8 +149,7 @@ def run_job(smk, body: Callable[[Job], Any]) -> None:
     setup_logging(log_file)
     log = logging.getLogger("saliency_fingerprints.job")
     try:
-        compute = smk.config.get("compute", {})
-        device = select_device(compute.get("device", "auto"))
+        device = select_device(smk.config["compute"]["device"])  # schema-filled
         place_on_gpu(device)
         torch.set_num_threads(max(1, int(smk.threads)))
         log.info("rule %s, wildcards %s, %s", smk.rule, dict(smk.wildcards), where_running(device))

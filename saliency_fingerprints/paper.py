@@ -153,7 +153,7 @@ OPTIONAL = {
 def table_variant(key: str, cfg: dict) -> str:
     """Our variant that stands for a paper table."""
     if TABLES[key].shuffled:
-        return cfg.get("shuffled_variant", "shuffled_per_map")
+        return cfg["shuffled_variant"]
     return "original"
 
 

@@ -416,6 +416,19 @@ def plot_study(
     ax.plot(xs, per_level["chance"], "k--", linewidth=1, label="chance")
     cue = table.groupby("level", sort=False)["class_cue"].mean()
     ax.plot([x[level] for level in cue.index], cue.values, ":", color="grey", label="class cue")
+    if "primary_test_accuracy" in per_level and per_level["primary_test_accuracy"].notna().any():
+        ax.errorbar(
+            xs,
+            per_level["primary_test_accuracy"],
+            yerr=per_level["primary_test_accuracy_sd"],
+            color="0.45",
+            marker="s",
+            markersize=4,
+            linestyle="-.",
+            linewidth=1,
+            capsize=2,
+            label="primaries' test accuracy",
+        )
     ax.set_xticks(
         range(len(levels)), [f"{v:g}" if isinstance(v, float) else str(v) for v in levels]
     )

@@ -1,4 +1,10 @@
-"""Primary classifiers: one per (architecture, seed), each on its own seeded training subset."""
+"""Primary classifiers: one per (architecture, seed), each on its own seeded training subset.
+
+A primary's seed sets its initial weights, its training subset and its batch order; a separate
+data seed (the init_vs_data study) sets the last two instead, and a training length other than
+``primary_training.epochs`` (the training_length study; 0 = untrained) stops it early. With a
+constant learning rate and the batch order keyed by (seed, epoch), a primary trained for e epochs
+is the epoch-e checkpoint of the same primary trained longer (tests/test_primary_variants.py)."""
 
 from __future__ import annotations
 
@@ -21,11 +27,24 @@ log = logging.getLogger(__name__)
 
 def training_subset(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """The primary's own seeded random subset of the training split (sorted sample ids)."""
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"primary_training.train_fraction must be in (0, 1], got {fraction}")
     rng = np.random.default_rng([seed, 0x5EED])
     size = max(1, round(len(train_ids) * fraction))
     return np.sort(rng.choice(train_ids, size=size, replace=False))
+
+
+def untrained_record(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: torch.Tensor,
+    test_idx: torch.Tensor,
+) -> dict:
+    """The history record of a model trained for 0 epochs: its accuracies at initialisation."""
+
+    def accuracy(idx):
+        return float((predict(model, images[idx]) == labels[idx]).float().mean())
+
+    return {"epoch": 0, "train_accuracy": accuracy(train_idx), "test_accuracy": accuracy(test_idx)}
 
 
 def class_counts(values: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -52,25 +71,31 @@ def train_primary(
     threads: int | None = None,
     label_permutation_seed: int | None = None,
     stop_at_train_accuracy: float | None = None,
-    config_key: str = "primary_training",
+    data_seed: int | None = None,
+    name: str | None = None,
 ) -> dict:
     """Train the primary ``architecture``-seed``seed`` on its own subset of the training split.
 
     With ``label_permutation_seed`` its training labels are randomly permuted first (the data
     randomisation sanity check of Adebayo et al., 2018); it is then named ``...-random_labels``.
     With ``stop_at_train_accuracy`` training stops at the first epoch whose train accuracy reaches
-    it (``cfg["epochs"]`` is then a cap); the metrics say whether it did. ``config_key`` names
-    the config block ``cfg`` came from, in error messages.
+    it (``cfg["epochs"]`` is then a cap); the metrics say whether it did. ``data_seed`` (None:
+    ``seed``) sets the training subset and batch order; ``seed`` the initial weights.
+    ``cfg["epochs"]`` 0 saves the untrained model. ``name`` (default ``<architecture>-seed<seed>``)
+    names it in logs and metrics.
     """
+    data = seed if data_seed is None else int(data_seed)
     config = {"architecture": architecture, "seed": seed}
+    if data_seed is not None:
+        config["data_seed"] = data
     config["label_permutation_seed"] = label_permutation_seed
     if stop_at_train_accuracy is not None:
         config["target_train_accuracy"] = stop_at_train_accuracy
     stage = Stage("train_primary", {**config, **cfg}, device, seed=seed, threads=threads)
-    settings = TrainSettings.from_config(cfg, config_key)
+    settings = TrainSettings.from_config(cfg)
     ds, info = open_dataset(dataset_path)
     split = ds["split"].values
-    train_ids = training_subset(np.flatnonzero(split == "train"), cfg["train_fraction"], seed)
+    train_ids = training_subset(np.flatnonzero(split == "train"), cfg["train_fraction"], data)
     test_ids = np.flatnonzero(split == "test")
     images = torch.from_numpy(ds["image"].values).to(device)
     label_values = ds["label"].values.astype(np.int64)
@@ -86,7 +111,7 @@ def train_primary(
             f"primary {primary_name(architecture, seed)} on {dataset_path}: {err}"
         ) from None
     model = model.to(device)
-    name = primary_name(architecture, seed)
+    name = name or primary_name(architecture, seed)
     if label_permutation_seed is not None:
         name += "-random_labels"
     log.info(
@@ -99,22 +124,27 @@ def train_primary(
     )
     train_idx = torch.from_numpy(train_ids).to(device)
     test_idx = torch.from_numpy(test_ids).to(device)
-    (history,) = train_models(
-        [model],
-        [(images[train_idx], labels[train_idx])],
-        settings,
-        [seed],
-        [name],
-        tests=[(images[test_idx], labels[test_idx])],
-        stop_at_train_accuracy=stop_at_train_accuracy,
-        threads=threads,
-    )
+    if settings.epochs == 0:  # the untrained primary (training_length study, level 0)
+        history = [untrained_record(model, images, labels, train_idx, test_idx)]
+    else:
+        (history,) = train_models(
+            [model],
+            [(images[train_idx], labels[train_idx])],
+            settings,
+            [data],
+            [name],
+            tests=[(images[test_idx], labels[test_idx])],
+            stop_at_train_accuracy=stop_at_train_accuracy,
+            threads=threads,
+        )
     save_model(model, weights_out, architecture, info.channels, info.image_size, len(info.classes))
     predicted = predict(model, images[test_idx]).cpu().numpy()
     metrics = {
         "primary": name,
         "architecture": architecture,
         "seed": seed,
+        "data_seed": data,
+        "epochs": settings.epochs,
         "n_train": len(train_ids),
         "n_test": len(test_ids),
         "labels": "original"

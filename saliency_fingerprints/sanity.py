@@ -194,11 +194,6 @@ def train_random_label_primary(
     Adebayo et al. (2018) compare with a network that has *memorised* random labels; the
     metrics say how many epochs ran, the train accuracy reached and whether that was the target.
     """
-    if target_train_accuracy is not None and not 0 < target_train_accuracy <= 1:
-        raise ConfigError(
-            "sanity_checks.random_labels.target_train_accuracy must be in (0, 1], "
-            f"got {target_train_accuracy}"
-        )
     metrics = train_primary(
         dataset_path=dataset_path,
         architecture=architecture,
@@ -210,7 +205,6 @@ def train_random_label_primary(
         threads=threads,
         label_permutation_seed=label_seed,
         stop_at_train_accuracy=target_train_accuracy,
-        config_key="sanity_checks.random_labels",
     )
     if target_train_accuracy is None:  # every epoch ran: record it the same way
         metrics.update(

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .configuration import schema_defaults
 from .errors import ConfigError, DataError
 from .models import build_model
 from .runtime import describe_device, set_determinism
@@ -42,6 +43,11 @@ from .training import TrainSettings, save_model, select_epoch
 log = logging.getLogger(__name__)
 
 REDUCTIONS = ("abs_sum", "sum", "abs_max", "none")
+
+FIT_FRACTION = schema_defaults("properties", "secondary")["fit_fraction"]
+"""The schema's default ``secondary.fit_fraction`` (every fitting image). The rules leave the key
+out of a job's params at this value (rules/common.smk, ``secondary_params``), so that results from
+before the key keep their params: the job applies it here."""
 
 
 def preprocess_maps(
@@ -64,8 +70,6 @@ def preprocess_maps(
     flat = out.reshape(len(out), -1)
     magnitude = np.abs(flat)
     if clip_percentile is not None:
-        if not 0 < clip_percentile <= 100:
-            raise ConfigError("secondary.preprocess.clip_percentile must be in (0, 100]")
         limit = np.percentile(magnitude, clip_percentile, axis=1, keepdims=True)
         flat = np.clip(flat, -limit, limit)
         magnitude = np.abs(flat)
@@ -78,8 +82,6 @@ def image_disjoint_split(
     sample_ids: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of *source images* into secondary-train and secondary-test ids (sorted)."""
-    if not 0 < test_fraction < 1:
-        raise ConfigError(f"secondary.test_fraction must be in (0, 1), got {test_fraction}")
     return _split(sample_ids, test_fraction, [seed, 0x5EC0], "maps of at least 2 images to split")
 
 
@@ -88,10 +90,6 @@ def validation_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of the secondary's *training images* into fitting and validation ids
     (sorted, disjoint, their union ``train_ids``): the validation maps choose the kept epoch."""
-    if not 0 < validation_fraction < 1:
-        raise ConfigError(
-            f"secondary.validation_fraction must be in (0, 1), got {validation_fraction}"
-        )
     return _split(
         train_ids,
         validation_fraction,
@@ -104,8 +102,6 @@ def fit_subset(fit_ids: np.ndarray, fit_fraction: float, seed: int) -> np.ndarra
     """A seeded ``fit_fraction`` of the fitting images (``secondary.fit_fraction``, sorted, at
     least one): what the secondary is fitted on. Validation and test images are not touched, and
     the images of a smaller fraction are among those of a larger one (one permutation, cut)."""
-    if not 0 < fit_fraction <= 1:
-        raise ConfigError(f"secondary.fit_fraction must be in (0, 1], got {fit_fraction}")
     ids = np.unique(np.asarray(fit_ids))
     if fit_fraction == 1:
         return ids
@@ -269,7 +265,7 @@ def train_secondary(
         },
         device,
     )
-    settings = TrainSettings.from_config(cfg, f"experiments.{experiment}.secondary")
+    settings = TrainSettings.from_config(cfg)
     prepared = [
         _prepare_replicate(rep, experiment, method, variant, cfg, device, threads)
         for rep in replicates
@@ -281,7 +277,7 @@ def train_secondary(
         [p.seed for p in prepared],
         [p.name for p in prepared],
         validations=[p.validation for p in prepared],
-        patience=cfg.get("patience"),
+        patience=cfg["patience"],
         full_train_accuracy=False,
         threads=threads,
     )
@@ -341,7 +337,8 @@ def _prepare_replicate(
     fit_ids, val_ids = validation_split(
         train_ids, float(cfg["validation_fraction"]), int(cfg["split_seed"])
     )
-    fit_ids = fit_subset(fit_ids, float(cfg.get("fit_fraction", 1.0)), int(cfg["split_seed"]))
+    fraction = float(cfg.get("fit_fraction", FIT_FRACTION))  # absent at the default: see there
+    fit_ids = fit_subset(fit_ids, fraction, int(cfg["split_seed"]))
     maps = load_mapset(map_paths, primaries, train_ids, cfg, variant)
     fit, val = maps.subset(fit_ids), maps.subset(val_ids)
     _, channels, size, _ = fit.x.shape

@@ -72,20 +72,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_sha256(expected: object) -> str:
-    """The configured sha256, lower-cased, or a ConfigError saying what is expected."""
-    if not isinstance(expected, str) or len(expected) != 64:
-        raise ConfigError(
-            "dataset.sha256 is required for source 'archive': the archive's sha256 as 64 hex "
-            f"digits (e.g. from `sha256sum <file>`), got {expected!r}"
-        )
-    try:
-        int(expected, 16)
-    except ValueError:
-        raise ConfigError(f"dataset.sha256 must be 64 hex digits, got {expected!r}") from None
-    return expected.lower()
-
-
 def local_path(url: str) -> Path | None:
     """The file a plain path or ``file://`` URL names; None for http(s) URLs."""
     parsed = urllib.parse.urlparse(url)

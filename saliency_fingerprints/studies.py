@@ -5,7 +5,9 @@ A level's cell is the secondary of a method scored on the same method's test map
 of the experiment's cross-evaluation table) on original maps, summarised over replicates with
 :func:`.evaluate.summarise` - the mean accuracy, the sd across replicates, the 95% interval of
 :mod:`.replicates`, the tests against chance and against the class cue (Holm-adjusted over the
-methods of a level) - as in ``tables/cross_evaluation.csv``, plus accuracy / chance.
+methods of a level) - as in ``tables/cross_evaluation.csv``, plus accuracy / chance and the
+mean test accuracy of the level's primaries (what the fingerprint table is not: a measure of how
+well the primaries classify; the training_length study reads the two together).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .evaluate import provenance_path, summarise, write_table
@@ -22,7 +25,12 @@ from .saliency import SHORT_NAMES
 from .store import atomic_output
 
 # What a study's levels are, for column headers and axis labels.
-LEVEL_NAMES = {"n_primaries": "primaries", "learning_curve": "fit_fraction"}
+LEVEL_NAMES = {
+    "n_primaries": "primaries",
+    "learning_curve": "fit_fraction",
+    "init_vs_data": "primaries differ in",
+    "training_length": "primary epochs",
+}
 
 COLUMNS = [
     "study",
@@ -30,6 +38,8 @@ COLUMNS = [
     "experiment",
     "method",
     "n_primaries",
+    "primary_test_accuracy",
+    "primary_test_accuracy_sd",
     "n_replicates",
     "accuracy",
     "accuracy_sd",
@@ -74,19 +84,52 @@ def level_replicates(*, levels: list[dict], parts: dict[str, str | Path]) -> pd.
     return pd.concat(frames, ignore_index=True)
 
 
-def study_table(*, study: str, replicates: pd.DataFrame) -> pd.DataFrame:
+def primary_accuracies(*, levels: list[dict], metrics: dict[str, float]) -> list[tuple]:
+    """Per level, the mean and sd of its primaries' test accuracy (``metrics``: primary name ->
+    final test accuracy); NaN where a level lists no primaries."""
+    out = []
+    for level in levels:
+        names = level.get("primaries", []) if metrics else []
+        missing = [name for name in names if name not in metrics]
+        if missing:
+            raise ValueError(
+                f"level {level['level']}: no metrics.json of primaries {missing}; expected "
+                "the metrics of every primary of the level's experiment"
+            )
+        values = np.array([metrics[name] for name in names], dtype=float)
+        if len(values) == 0:
+            out.append((float("nan"), float("nan")))
+        else:
+            out.append(
+                (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+            )
+    return out
+
+
+def study_table(
+    *, study: str, replicates: pd.DataFrame, primary_accuracy: list[tuple] | None = None
+) -> pd.DataFrame:
     """One row per (level, method): :func:`.evaluate.summarise` of the level's replicates, in
-    the order of the levels, then of the methods."""
+    the order of the levels, then of the methods; ``primary_accuracy`` (per level, from
+    :func:`primary_accuracies`) fills the primaries' test accuracy columns."""
     parts = []
-    for _, rows in replicates.groupby("_level_index", sort=True):
+    for index, rows in replicates.groupby("_level_index", sort=True):
         summary = summarise(rows.drop(columns=["_level_index", "level"]))
         summary.insert(0, "level", rows["level"].iloc[0])
+        if primary_accuracy is not None:
+            summary["primary_test_accuracy"], summary["primary_test_accuracy_sd"] = (
+                primary_accuracy[int(index)]
+            )
         parts.append(summary)
     table = pd.concat(parts, ignore_index=True)
     table.insert(0, "study", study)
     table["method"] = table["train_method"]
     table["accuracy_over_chance"] = table["accuracy"] / table["chance"]
     return table.reindex(columns=COLUMNS)
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    return "n/a" if pd.isna(mean) else f"{mean:.3f} ± {sd:.3f}"
 
 
 def _level_text(study: str, level) -> str:
@@ -108,6 +151,9 @@ def markdown_study(*, study: str, table: pd.DataFrame) -> str:
                 "95% interval": f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
                 "chance": f"{r.chance:.3f}",
                 "accuracy / chance": f"{r.accuracy_over_chance:.2f}",
+                "primaries' test accuracy (± sd)": _mean_sd(
+                    r.primary_test_accuracy, r.primary_test_accuracy_sd
+                ),
                 "class cue (± sd)": f"{r.class_cue:.3f} ± {r.class_cue_sd:.3f}",
                 "p above chance; above cue": f"{format_p(r.p_holm)}; {format_p(r.p_holm_vs_cue)}",
                 "replicates": int(r.n_replicates),
@@ -120,6 +166,13 @@ def markdown_study(*, study: str, table: pd.DataFrame) -> str:
         "learning_curve": "Accuracy of the secondary against the fraction of its fitting images "
         "(by source image) it was fitted on; validation and test maps are the same at every "
         "level.",
+        "init_vs_data": "Which carries the fingerprint, a primary's initialisation or its data "
+        "(training subset and batch order)? init: the primaries differ only in their initial "
+        "weights (same data); data: only in their data (same initial weights); both: in both "
+        "(the ordinary primaries).",
+        "training_length": "Fingerprint strength as the same primaries learn: their maps after "
+        "e epochs of training (0: untrained), beside the primaries' mean test accuracy. A "
+        "secondary above chance at 0 epochs finds a fingerprint of the initialisation alone.",
     }.get(study, "")
     return (
         f"# Study: {study}\n\n{intro} A row is a secondary scored on its own method's test maps "
@@ -139,13 +192,15 @@ def write_study(
     levels: list[dict],
     parts: list[str | Path],
     out_csv: str | Path,
+    primary_metrics: list[str | Path] = (),
     out_md: str | Path,
     out_png: str | Path | None = None,
     dpi: int = 150,
 ) -> pd.DataFrame:
     """A study's table (CSV with a provenance sidecar, markdown) and figure from the
     cross-evaluation CSVs ``parts`` (``.../experiments/<experiment>/cross_evaluation/
-    original.csv``) of its ``levels`` (``[{level, experiment, methods}, ...]``)."""
+    original.csv``) of its ``levels`` (``[{level, experiment, methods, primaries}, ...]``) and
+    the ``metrics.json`` of their primaries."""
     by_experiment = {Path(p).parts[-3]: p for p in parts}
     configs = {}
     for part in parts:
@@ -153,7 +208,15 @@ def write_study(
         configs[str(part)] = json.loads(sidecar.read_text())["config"] if sidecar.exists() else None
     prov = Provenance("study_table", {"study": study, "levels": levels, "parts": configs})
     replicates = level_replicates(levels=levels, parts=by_experiment)
-    table = study_table(study=study, replicates=replicates)
+    accuracy = {}
+    for path in primary_metrics:
+        metrics = json.loads(Path(path).read_text())
+        accuracy[metrics["primary"]] = metrics["final_test_accuracy"]
+    table = study_table(
+        study=study,
+        replicates=replicates,
+        primary_accuracy=primary_accuracies(levels=levels, metrics=accuracy),
+    )
     write_table(table, out_csv, prov.finish(n_rows=len(table)))
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown_study(study=study, table=table))

@@ -28,7 +28,7 @@ import contextlib
 import json
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,55 +37,46 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .errors import ConfigError, DataError
+from .configuration import schema_defaults
+from .errors import DataError
 from .models import build_model
 from .runtime import seed_generator
 
 log = logging.getLogger(__name__)
 
 
+_DEFAULTS = schema_defaults("$defs", "train_defaults")  # the schema's, filled in by validation
+
+
 @dataclass
 class TrainSettings:
+    """Training settings of a primary or secondary; the optional keys default to the schema's."""
+
     epochs: int
     batch_size: int
     learning_rate: float
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    channels_last: bool = False
-    tf32: bool = False
-    autocast: str = "none"
-    engine: str = "auto"
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    optimizer: str = _DEFAULTS["optimizer"]
+    channels_last: bool = _DEFAULTS["channels_last"]
+    tf32: bool = _DEFAULTS["tf32"]
+    autocast: str = _DEFAULTS["autocast"]
+    engine: str = _DEFAULTS["engine"]
 
     @classmethod
-    def from_config(cls, cfg: dict, key: str) -> TrainSettings:
-        settings = cls(
+    def from_config(cls, cfg: Mapping) -> TrainSettings:
+        """The settings of a schema-validated ``primary_training`` or secondary block (the
+        schema checks every value and fills in the defaults)."""
+        return cls(
             epochs=int(cfg["epochs"]),
             batch_size=int(cfg["batch_size"]),
             learning_rate=float(cfg["learning_rate"]),
-            weight_decay=float(cfg.get("weight_decay", 0.0)),
-            optimizer=str(cfg.get("optimizer", "adam")),
-            channels_last=bool(cfg.get("channels_last", False)),
-            tf32=bool(cfg.get("tf32", False)),
-            autocast=str(cfg.get("autocast", "none")),
-            engine=str(cfg.get("engine", "auto")),
+            weight_decay=float(cfg["weight_decay"]),
+            optimizer=str(cfg["optimizer"]),
+            channels_last=bool(cfg["channels_last"]),
+            tf32=bool(cfg["tf32"]),
+            autocast=str(cfg["autocast"]),
+            engine=str(cfg["engine"]),
         )
-        for name in ("epochs", "batch_size"):
-            if getattr(settings, name) < 1:
-                raise ConfigError(f"{key}.{name} must be a positive integer")
-        if settings.optimizer not in ("adam", "sgd"):
-            raise ConfigError(
-                f"{key}.optimizer must be 'adam' or 'sgd', got {settings.optimizer!r}"
-            )
-        if settings.autocast not in AUTOCAST_DTYPES:
-            raise ConfigError(
-                f"{key}.autocast must be one of {sorted(AUTOCAST_DTYPES)}, "
-                f"got {settings.autocast!r}"
-            )
-        if settings.engine not in ENGINES:
-            raise ConfigError(
-                f"{key}.engine must be one of {list(ENGINES)}, got {settings.engine!r}"
-            )
-        return settings
 
     def stacked_on(self, device: torch.device) -> bool:
         """Whether the stacked engine (saliency_fingerprints/stacked.py) trains on ``device``:
@@ -93,7 +84,6 @@ class TrainSettings:
         return self.engine == "stacked" or (self.engine == "auto" and device.type == "cuda")
 
 
-ENGINES = ("auto", "plain", "stacked")
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
 
 

@@ -12,6 +12,7 @@ run_job(
         study=job.wildcards.study,
         levels=list(job.params.levels),
         parts=list(job.input.parts),
+        primary_metrics=list(job.input.primaries),
         out_csv=job.output.csv,
         out_md=job.output.markdown,
         out_png=job.output.png,

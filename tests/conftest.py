@@ -19,6 +19,14 @@ def load_default_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
+def with_defaults(block: str, cfg: dict | None = None, **keys) -> dict:
+    """Top-level config block ``block`` (``dataset``, ``saliency``, ``primary_training``, ...) as
+    schema validation hands it to a job: ``cfg`` and ``keys`` over the schema's defaults."""
+    from saliency_fingerprints.configuration import schema_defaults
+
+    return {**schema_defaults("properties", block), **(cfg or {}), **keys}
+
+
 def tiny_config(sanity: bool = True) -> dict:
     """The default experiment shrunk to run in well under a minute on 2 CPU cores; without its
     sanity checks if not ``sanity`` (tests of how jobs run, not of what they compute)."""
@@ -39,9 +47,7 @@ def tiny_config(sanity: bool = True) -> dict:
         "replicates": {"n": 1},
     }
     cfg["plots"].update(map_grid_images=3, dpi=60)
-    cfg["sanity_checks"].update(
-        n_images=40, methods=["grad", "smoothgrad", "integrated_gradients"]
-    )
+    cfg["sanity_checks"].update(n_images=40, methods=["grad", "smoothgrad", "integrated_gradients"])
     cfg["sanity_checks"]["random_labels"].update(epochs=2)
     if not sanity:
         del cfg["sanity_checks"]
@@ -111,3 +117,12 @@ def tiny_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("tiny_run")
     run_workflow(workdir, tiny_config())
     return workdir
+
+
+@pytest.fixture(scope="session")
+def slurm_run(tmp_path_factory):
+    """The tiny workflow on a local SLURM cluster, once per session (tests/slurm_cluster.py);
+    skipped, with the reason, where the cluster cannot start."""
+    from slurm_cluster import slurm_run as run_on_slurm
+
+    yield from run_on_slurm(tmp_path_factory)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import run_workflow, tiny_config
+from conftest import run_workflow, tiny_config, with_defaults
 from PIL import Image
 
 from saliency_fingerprints.datasets import open_dataset, prepare_dataset
@@ -97,7 +97,7 @@ CONFIG_CASES = {
     ),
     "duplicate-seed": (
         lambda c: two_cnn2(c)["primaries"][0].update(seeds=[0, 1, 0]),
-        ["experiments.two_cnn2.primaries[0].seeds: 0 listed more than once", "expected each"],
+        ["experiments.two_cnn2.primaries: cnn2-seed0 listed more than once", "expected each"],
     ),
     "duplicate-primary": (
         lambda c: two_cnn2(c)["primaries"].append({"architecture": "cnn2", "seeds": [1]}),
@@ -291,7 +291,7 @@ def test_dataset_with_one_class(tmp_path):
     out = tmp_path / "data" / "one.zarr"
     cfg = {"name": "one", "source": "folder", "path": str(folder)}
     with pytest.raises(DataError, match=r"single class; at least 2 are needed") as err:
-        prepare_dataset(cfg=cfg, out=out)
+        prepare_dataset(cfg=with_defaults("dataset", cfg), out=out)
     assert "'one'" in str(err.value) and "\n" not in str(err.value)
     assert not out.exists()
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
@@ -300,15 +300,16 @@ def test_dataset_with_one_class(tmp_path):
 def test_missing_dataset_folder_in_the_library(tmp_path):
     cfg = {"name": "x", "source": "folder", "path": str(tmp_path / "absent")}
     with pytest.raises(DataError, match=r"dataset.path .*absent.*not found"):
-        prepare_dataset(cfg=cfg, out=tmp_path / "x.zarr")
+        prepare_dataset(cfg=with_defaults("dataset", cfg), out=tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
 
 
 def test_image_size_the_architecture_cannot_take(tmp_path):
     dataset = tmp_path / "tiny.zarr"
-    prepare_dataset(cfg={"name": "tiny", "source": "sklearn_digits", "image_size": 2}, out=dataset)
+    cfg = with_defaults("dataset", name="tiny", source="sklearn_digits", image_size=2)
+    prepare_dataset(cfg=cfg, out=dataset)
     out = tmp_path / "primary"
-    training = tiny_config()["primary_training"]
+    training = with_defaults("primary_training", tiny_config()["primary_training"])
     with pytest.raises(ConfigError) as err:
         train_primary(
             dataset_path=dataset,
@@ -357,7 +358,7 @@ def secondary_job(tmp_path: Path, maps: dict[str, np.ndarray]) -> Path:
         method="grad",
         variant="original",
         replicates=[{"replicate": 0, "seed": 0, "primaries": list(maps), "maps": paths}],
-        cfg=tiny_config()["secondary"],
+        cfg=with_defaults("secondary", tiny_config()["secondary"]),
         weights_out=weights,
         metrics_out=weights.with_name("metrics.json"),
         device=CPU,
@@ -386,14 +387,16 @@ def test_all_zero_maps(tmp_path):
 def test_model_that_makes_nan_maps(tmp_path):
     """A primary whose weights are NaN: the saliency job refuses to store NaN maps."""
     dataset = tmp_path / "digits.zarr"
-    prepare_dataset(cfg={"name": "digits", "source": "sklearn_digits"}, out=dataset)
+    prepare_dataset(
+        cfg=with_defaults("dataset", name="digits", source="sklearn_digits"), out=dataset
+    )
     model = build_model("cnn2", 1, 8, 10)
     with torch.no_grad():
         model.fc.weight.fill_(float("nan"))
     weights = tmp_path / "nan.safetensors"
     save_model(model, weights, "cnn2", 1, 8, 10)
     out = tmp_path / "maps" / "grad.zarr"
-    saliency = {"images": "all", "max_images": 64, "seed": 0, "target": "true"}
+    saliency = with_defaults("saliency", images="all", max_images=64, seed=0, target="true")
     saliency.update(pass_size=64, chunk_size=32)
     with pytest.raises(DataError, match=r"grad\.zarr: grad produced NaN/inf maps for cnn2-seed0"):
         compute_saliency_maps(
@@ -411,7 +414,9 @@ def test_model_that_makes_nan_maps(tmp_path):
 
 def test_corrupt_dataset_store(tmp_path):
     dataset = tmp_path / "digits.zarr"
-    prepare_dataset(cfg={"name": "digits", "source": "sklearn_digits"}, out=dataset)
+    prepare_dataset(
+        cfg=with_defaults("dataset", name="digits", source="sklearn_digits"), out=dataset
+    )
     (dataset / "zarr.json").write_text("{truncated")
     with pytest.raises(DataError, match=r"digits\.zarr: not a readable Zarr store") as err:
         open_dataset(dataset)
@@ -429,7 +434,7 @@ def test_corrupt_map_chunk(tmp_path):
             method="grad",
             variant="original",
             replicates=[{"replicate": 0, "seed": 0, "primaries": list(maps), "maps": paths}],
-            cfg=tiny_config()["secondary"],
+            cfg=with_defaults("secondary", tiny_config()["secondary"]),
             weights_out=tmp_path / "s" / "model.safetensors",
             metrics_out=tmp_path / "s" / "metrics.json",
             device=CPU,

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from conftest import with_defaults
 
 from saliency_fingerprints.diagnostics import markdown_report, store_diagnostics
 from saliency_fingerprints.models import ARCHITECTURES, build_model
@@ -37,7 +38,7 @@ NEW_METHODS = {
     "gradcam": "GC",
 }
 N_IMAGES = 24
-SALIENCY = {"images": "all", "target": "predicted", "pass_size": 16, "chunk_size": 8}
+SALIENCY = with_defaults("saliency", images="all", target="predicted", pass_size=16, chunk_size=8)
 
 
 @pytest.fixture(autouse=True)

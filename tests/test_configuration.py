@@ -9,6 +9,8 @@ import yaml
 from conftest import tiny_config
 
 from saliency_fingerprints.configuration import (
+    SCHEMA_PATH,
+    Primary,
     check_dataset_files,
     check_experiments,
     check_results_writable,
@@ -17,6 +19,7 @@ from saliency_fingerprints.configuration import (
     experiment_primaries,
     key_path,
     local_source,
+    schema_defaults,
 )
 from saliency_fingerprints.errors import ConfigError
 
@@ -62,8 +65,8 @@ def test_shipped_configs_pass_the_schema():
         ),
         (lambda c: c.pop("dataset"), "(top level): missing required key 'dataset'"),
         (
-            lambda c: c["experiments"]["two_cnn2"]["primaries"][0].update(seeds=[1, 1]),
-            "experiments.two_cnn2.primaries[0].seeds: 1 listed more than once",
+            lambda c: c["sanity_checks"]["primaries"][0].update(seeds=[1, 1]),
+            "sanity_checks.primaries[0].seeds: 1 listed more than once",
         ),
     ],
     ids=["nested-key", "top-key", "enum", "minimum", "type", "required", "unique"],
@@ -72,6 +75,133 @@ def test_schema_errors_name_the_key_and_the_expectation(edit, expected):
     cfg = tiny_config()
     edit(cfg)
     assert expected in schema_error(cfg)
+
+
+TRAINING_CHECKS = [
+    ("epochs", 0, "got 0; expected a number >= 1"),
+    ("batch_size", 0, "got 0; expected a number >= 1"),
+    ("weight_decay", -1, "got -1; expected a number >= 0"),
+    ("optimizer", "rmsprop", "got 'rmsprop'; expected one of: adam, sgd"),
+    ("autocast", "fp8", "got 'fp8'; expected one of: none, bf16"),
+    ("engine", "turbo", "got 'turbo'; expected one of: auto, plain, stacked"),
+]
+
+SECONDARY_CHECKS = [
+    ("test_fraction", 1.0, "got 1.0; expected a number < 1"),
+    ("validation_fraction", 0.0, "got 0.0; expected a number > 0"),
+    ("fit_fraction", 0, "got 0; expected a number > 0"),
+    ("fit_fraction", 1.5, "got 1.5; expected a number <= 1"),
+    ("patience", 0, "got 0; expected a number >= 1"),
+]
+
+
+@pytest.mark.parametrize(
+    "where,key,value,expected",
+    [
+        *[("primary_training", *case) for case in TRAINING_CHECKS],
+        *[("secondary", *case) for case in TRAINING_CHECKS],
+        *[("experiments.two_cnn2.secondary", *case) for case in TRAINING_CHECKS],
+        *[
+            (where, *case)
+            for where in ("secondary", "experiments.two_cnn2.secondary")
+            for case in SECONDARY_CHECKS
+        ],
+        ("secondary.preprocess", "clip_percentile", 0, "got 0; expected a number > 0"),
+        ("secondary.preprocess", "clip_percentile", 101, "got 101; expected a number <= 100"),
+        ("primary_training", "train_fraction", 0, "got 0; expected a number > 0"),
+        ("primary_training", "train_fraction", 1.5, "got 1.5; expected a number <= 1"),
+        ("sanity_checks.random_labels", "target_train_accuracy", 0, "got 0; expected a number > 0"),
+        (
+            "sanity_checks.random_labels",
+            "target_train_accuracy",
+            1.5,
+            "got 1.5; expected a number <= 1",
+        ),
+        ("saliency", "pass_size", 0, "got 0; expected a number >= 1"),
+        ("saliency", "pass_size", "big", "got 'big'; expected type integer or 'auto'"),
+        ("replicates", "n", 0, "got 0; expected a number >= 1"),
+        ("saliency", "images", "val", "got 'val'; expected one of: all, train, test"),
+        ("saliency", "max_images", 0, "got 0; expected a number >= 1"),
+        ("saliency", "seed", -1, "got -1; expected a number >= 0"),
+        ("saliency", "target", "random", "got 'random'; expected one of: predicted, true"),
+        ("saliency", "chunk_size", 0, "got 0; expected a number >= 1"),
+        ("saliency", "dtype", "float64", "got 'float64'; expected one of: float32, float16"),
+        ("saliency", "tf32", "yes", "got 'yes'; expected type boolean"),
+    ],
+)
+def test_the_schema_alone_checks_single_values(where, key, value, expected):
+    """Training settings, the primaries' training subsets, the secondaries' splits and
+    preprocessing, the random-label copies, the saliency job, the replicates and the dataset
+    loaders (tests/test_datasets.py) read the validated config as it is: each of these values is
+    checked by the schema, with one line naming the key (per-experiment secondary overrides
+    included)."""
+    cfg = tiny_config()
+    block = cfg
+    for part in where.split("."):
+        block = block.setdefault(part, {})
+    block[key] = value
+    assert schema_error(cfg) == f"{where}.{key}: {expected}"
+
+
+def test_schema_defaults():
+    assert schema_defaults("$defs", "train_defaults") == {
+        "weight_decay": 0.0,
+        "optimizer": "adam",
+        "channels_last": False,
+        "tf32": False,
+        "autocast": "none",
+        "engine": "auto",
+    }
+    # through allOf/$ref: the global secondary block's own defaults and the training ones
+    secondary = schema_defaults("properties", "secondary")
+    assert secondary == {
+        **schema_defaults("$defs", "train_defaults"),
+        "validation_fraction": 0.2,
+        "patience": None,
+        "fit_fraction": 1.0,
+    }
+    assert schema_defaults("properties", "primary_training") == schema_defaults(
+        "$defs", "train_defaults"
+    )
+    assert schema_defaults("$defs", "secondary") == {}  # overrides get no defaults
+    assert schema_defaults("properties", "saliency") == {
+        "max_images": None,
+        "seed": 0,
+        "tf32": False,
+        "dtype": "float32",
+    }
+    dataset = schema_defaults("properties", "dataset")
+    assert dataset["test_fraction"] == 0.2 and dataset["split_seed"] == 0
+    assert "name" not in dataset and "source" not in dataset  # required, no default
+    assert schema_defaults("properties", "methods", "properties", "smoothgrad")["n_samples"] == 25
+    dataset["split_seed"] = 7  # a copy: the next caller sees the schema's value
+    assert schema_defaults("properties", "dataset")["split_seed"] == 0
+    assert SCHEMA_PATH.is_file() and SCHEMA_PATH == SCHEMA.resolve()
+
+
+def test_validation_fills_the_schema_defaults_of_the_global_blocks_only():
+    """``snakemake.utils.validate`` fills the training defaults into primary_training and the
+    global secondary block, not into an experiment's or a study's secondary overrides (filled
+    there, they would override the global block they are merged over)."""
+    from snakemake.utils import validate
+
+    cfg = tiny_config()
+    cfg["experiments"]["two_cnn2"]["secondary"] = {"epochs": 5}
+    cfg["studies"] = {
+        "n_primaries": {"architecture": "cnn2", "counts": [2], "secondary": {"epochs": 7}}
+    }
+    training = schema_defaults("$defs", "train_defaults")
+    for block in ("primary_training", "secondary"):
+        for key in training:
+            cfg[block].pop(key, None)
+    validate(cfg, str(SCHEMA))
+    for block in ("primary_training", "secondary"):
+        assert {key: cfg[block][key] for key in training} == training
+    assert cfg["experiments"]["two_cnn2"]["secondary"] == {"epochs": 5}
+    assert cfg["studies"]["n_primaries"]["secondary"] == {"epochs": 7}
+    dataset = schema_defaults("properties", "dataset")
+    assert {key: cfg["dataset"][key] for key in dataset} == dataset  # digits: none set
+    assert (cfg["saliency"]["dtype"], cfg["saliency"]["tf32"]) == ("float32", False)
 
 
 def test_deep_merge_leaves_its_inputs_alone():
@@ -95,7 +225,11 @@ def test_experiment_primaries_keep_the_config_order():
             }
         }
     }
-    assert experiment_primaries(cfg, "x") == [("cnn2", 3), ("cnn2", 1), ("miniresnet", 0)]
+    assert experiment_primaries(cfg, "x") == [
+        Primary("cnn2", 3),
+        Primary("cnn2", 1),
+        Primary("miniresnet", 0),
+    ]
 
 
 def experiments_config(primaries, methods=("grad",)) -> dict:
@@ -182,12 +316,15 @@ def test_disjoint_primary_sets_move_seeds_by_the_seed_range():
     }
     sets = [experiment_primaries(config, "pair", r) for r in experiment_replicates(config, "pair")]
     assert sets == [
-        [("cnn2", 0), ("cnn2", 1)],
-        [("cnn2", 2), ("cnn2", 3)],
-        [("cnn2", 4), ("cnn2", 5)],
+        [Primary("cnn2", 0), Primary("cnn2", 1)],
+        [Primary("cnn2", 2), Primary("cnn2", 3)],
+        [Primary("cnn2", 4), Primary("cnn2", 5)],
     ]
     assert experiment_replicates(config, "mixed") == [0, 1]
-    assert experiment_primaries(config, "mixed", 1) == [("cnn2", 1), ("miniresnet", 1)]
-    assert experiment_primaries(config, "same", 2) == [("cnn2", 0), ("cnn2", 1)]
-    assert primary_set_stride([("miniresnet", s) for s in range(10)]) == 10
-    assert primary_set_stride([("cnn2", 3), ("cnn2", 7)]) == 5
+    assert experiment_primaries(config, "mixed", 1) == [
+        Primary("cnn2", 1),
+        Primary("miniresnet", 1),
+    ]
+    assert experiment_primaries(config, "same", 2) == [Primary("cnn2", 0), Primary("cnn2", 1)]
+    assert primary_set_stride([Primary("miniresnet", s) for s in range(10)]) == 10
+    assert primary_set_stride([Primary("cnn2", 3), Primary("cnn2", 7)]) == 5

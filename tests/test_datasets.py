@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, planned_jobs, run_workflow, tiny_config
+from conftest import REPO, planned_jobs, run_workflow, tiny_config, with_defaults
 from PIL import Image
 
+from saliency_fingerprints.configuration import SCHEMA_PATH, check_schema
 from saliency_fingerprints.datasets import (
     load_sklearn_digits,
     open_dataset,
@@ -37,6 +38,12 @@ CLASSES = ["cat", "dog", "emu"]
 
 
 # -- fixtures and builders ---------------------------------------------------------------------
+
+
+def prepare(*, cfg: dict, out: Path):
+    """``prepare_dataset`` on ``cfg`` with the schema's defaults filled in, as the workflow's
+    validation hands the ``dataset`` block to the job."""
+    return prepare_dataset(cfg=with_defaults("dataset", cfg), out=out)
 
 
 def pixel_values(class_index: int, item: int, size: int, colour: bool) -> np.ndarray:
@@ -134,7 +141,7 @@ def http_root(tmp_path):
 
 def test_digits_unchanged_by_default():
     cfg = {"name": "digits", "source": "sklearn_digits", "test_fraction": 0.2, "split_seed": 0}
-    data = load_sklearn_digits(cfg)
+    data = load_sklearn_digits(with_defaults("dataset", cfg))
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -154,7 +161,7 @@ def test_digits_subsample_resize_and_channels(tmp_path):
         "image_size": 16,
         "channels": 3,
     }
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "d.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "d.zarr")
     assert ds["image"].shape == (130, 3, 16, 16)
     assert (ds["split"].values == "train").sum() == 100
     images = ds["image"].values
@@ -180,7 +187,7 @@ def test_stratified_subset_is_proportional_and_seeded():
 def test_folder_grayscale_12px_end_to_end(tmp_path):
     root = make_imagefolder(tmp_path / "tree", size=12, colour=False, n_train=4, n_test=2)
     cfg = {"name": "toy", "source": "folder", "path": str(root)}
-    prepare_dataset(cfg=cfg, out=tmp_path / "toy.zarr")
+    prepare(cfg=cfg, out=tmp_path / "toy.zarr")
     ds, info = open_dataset(tmp_path / "toy.zarr")
     assert ds["image"].shape == (18, 1, 12, 12)
     assert ds["image"].dtype == np.float32
@@ -198,11 +205,11 @@ def test_folder_grayscale_12px_end_to_end(tmp_path):
 def test_folder_one_level_deeper_rgb_with_conversion(tmp_path):
     make_imagefolder(tmp_path / "tree" / "mydata", size=20, colour=True, ext=".jpg")
     cfg = {"name": "toy", "source": "folder", "path": str(tmp_path / "tree")}
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "rgb.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "rgb.zarr")
     assert ds["image"].shape == (18, 3, 20, 20)
     assert 0 <= float(ds["image"].min()) and float(ds["image"].max()) <= 1
     cfg.update(channels=1, image_size=10, max_train_images=6, max_test_images=3)
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "grey.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "grey.zarr")
     assert ds["image"].shape == (9, 1, 10, 10)
     np.testing.assert_array_equal(np.bincount(ds["label"].values[:6]), [2, 2, 2])
     np.testing.assert_array_equal(np.bincount(ds["label"].values[6:]), [1, 1, 1])
@@ -211,9 +218,7 @@ def test_folder_one_level_deeper_rgb_with_conversion(tmp_path):
 def test_folder_mixed_grey_and_colour_becomes_rgb(tmp_path):
     root = make_imagefolder(tmp_path / "tree", size=8, colour=False, n_train=2, n_test=1)
     Image.fromarray(pixel_values(0, 7, 8, True)).save(root / "train" / "cat" / "colour.png")
-    ds = prepare_dataset(
-        cfg={"name": "m", "source": "folder", "path": str(root)}, out=tmp_path / "m.zarr"
-    )
+    ds = prepare(cfg={"name": "m", "source": "folder", "path": str(root)}, out=tmp_path / "m.zarr")
     assert ds["image"].shape == (10, 3, 8, 8)
     grey = ds["image"].values[1]  # train/cat/001.png, grey replicated over channels
     np.testing.assert_array_equal(grey[0], grey[1])
@@ -225,25 +230,21 @@ def test_folder_size_problems(tmp_path):
     Image.fromarray(pixel_values(0, 0, 16, False)).save(root / "train" / "emu" / "big.png")
     cfg = {"name": "s", "source": "folder", "path": str(root)}
     with pytest.raises(DataError, match="image_size"):
-        prepare_dataset(cfg=cfg, out=tmp_path / "s.zarr")
+        prepare(cfg=cfg, out=tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
-    ds = prepare_dataset(cfg={**cfg, "image_size": 12}, out=tmp_path / "s.zarr")
+    ds = prepare(cfg={**cfg, "image_size": 12}, out=tmp_path / "s.zarr")
     assert ds["image"].shape == (10, 1, 12, 12)
 
     rect = make_imagefolder(tmp_path / "rect", size=6, n_train=1, n_test=1)
     for path in rect.rglob("*.png"):
         Image.fromarray(np.zeros((6, 9), np.uint8)).save(path)
     with pytest.raises(DataError, match="square"):
-        prepare_dataset(
-            cfg={"name": "r", "source": "folder", "path": str(rect)}, out=tmp_path / "r.zarr"
-        )
+        prepare(cfg={"name": "r", "source": "folder", "path": str(rect)}, out=tmp_path / "r.zarr")
 
 
 def test_folder_layout_errors(tmp_path):
-    with pytest.raises(ConfigError, match="dataset.path"):
-        prepare_dataset(cfg={"name": "x", "source": "folder"}, out=tmp_path / "x.zarr")
     with pytest.raises(DataError, match="not found"):
-        prepare_dataset(
+        prepare(
             cfg={"name": "x", "source": "folder", "path": str(tmp_path / "no")},
             out=tmp_path / "x.zarr",
         )
@@ -253,21 +254,19 @@ def test_folder_layout_errors(tmp_path):
         if path.is_file():
             path.unlink()
     with pytest.raises(DataError, match="holds no images"):
-        prepare_dataset(
+        prepare(
             cfg={"name": "x", "source": "folder", "path": str(only_train)}, out=tmp_path / "x.zarr"
         )
     mismatch = make_imagefolder(tmp_path / "mismatch", n_train=1, n_test=1)
     (mismatch / "test" / "emu").rename(mismatch / "test" / "owl")
     with pytest.raises(DataError, match=r"only in train: \['emu'\]; only in test: \['owl'\]"):
-        prepare_dataset(
+        prepare(
             cfg={"name": "x", "source": "folder", "path": str(mismatch)}, out=tmp_path / "x.zarr"
         )
     broken = make_imagefolder(tmp_path / "broken", n_train=1, n_test=1)
     (broken / "train" / "cat" / "000.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="cannot be decoded"):
-        prepare_dataset(
-            cfg={"name": "x", "source": "folder", "path": str(broken)}, out=tmp_path / "x.zarr"
-        )
+        prepare(cfg={"name": "x", "source": "folder", "path": str(broken)}, out=tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -279,7 +278,7 @@ def test_archive_tar_gz_local_and_file_url(tmp_path):
     archive = make_tar(tree, tmp_path / "toy.tar.gz", arcname="toy")
     downloads = tmp_path / "dl"
     cfg = archive_cfg(str(archive), sha256(archive), downloads)
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "a.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "a.zarr")
     assert ds["image"].shape == (18, 3, 12, 12)
     assert json.loads(ds.attrs["classes"]) == CLASSES
     extracted = list((downloads / "extracted").iterdir())
@@ -288,7 +287,7 @@ def test_archive_tar_gz_local_and_file_url(tmp_path):
     reference = ds["image"].values
     # file:// URL, the completed extraction is reused; the result is identical
     cfg = archive_cfg(archive.as_uri(), sha256(archive).upper(), downloads)
-    ds2 = prepare_dataset(cfg=cfg, out=tmp_path / "b.zarr")
+    ds2 = prepare(cfg=cfg, out=tmp_path / "b.zarr")
     np.testing.assert_array_equal(ds2["image"].values, reference)
 
 
@@ -296,7 +295,7 @@ def test_archive_zip_grayscale_odd_size(tmp_path):
     tree = make_imagefolder(tmp_path / "tree", size=7, colour=False, n_train=3, n_test=2)
     archive = make_zip(tree, tmp_path / "toy.zip")
     cfg = archive_cfg(str(archive), sha256(archive), tmp_path / "dl", image_size=14)
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "z.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "z.zarr")
     assert ds["image"].shape == (15, 1, 14, 14)
     assert list(np.unique(ds["split"].values, return_counts=True)[1]) == [6, 9]
 
@@ -307,12 +306,12 @@ def test_archive_over_http(tmp_path, http_root):
     archive = make_tar(tree, root / "toy.tgz", arcname="toy-v1")
     downloads = tmp_path / "dl"
     cfg = archive_cfg(f"{base}/toy.tgz", sha256(archive), downloads)
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "h.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "h.zarr")
     assert ds["image"].shape == (9, 3, 9, 9)
     assert (downloads / "toy.tgz").read_bytes() == archive.read_bytes()
     # the verified download is cached: it works with the file gone from the server
     archive.unlink()
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "h2.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "h2.zarr")
     assert ds["image"].shape == (9, 3, 9, 9)
 
 
@@ -322,11 +321,11 @@ def test_http_errors_leave_nothing(tmp_path, http_root):
     archive = make_tar(tree, root / "toy.tar.gz")
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="HTTP 404"):
-        prepare_dataset(
+        prepare(
             cfg=archive_cfg(f"{base}/missing.tar.gz", "0" * 64, downloads), out=tmp_path / "x.zarr"
         )
     with pytest.raises(DataError, match="sha256 mismatch"):
-        prepare_dataset(
+        prepare(
             cfg=archive_cfg(f"{base}/toy.tar.gz", "ab" * 32, downloads), out=tmp_path / "x.zarr"
         )
     assert leftovers(downloads) == []
@@ -338,20 +337,14 @@ def test_archive_wrong_checksum_and_missing_file(tmp_path):
     archive = make_tar(tree, tmp_path / "toy.tar.gz")
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="sha256 mismatch.*nothing was extracted"):
-        prepare_dataset(cfg=archive_cfg(str(archive), "0" * 64, downloads), out=tmp_path / "x.zarr")
+        prepare(cfg=archive_cfg(str(archive), "0" * 64, downloads), out=tmp_path / "x.zarr")
     with pytest.raises(DataError, match="not found"):
-        prepare_dataset(
+        prepare(
             cfg=archive_cfg(str(tmp_path / "nope.tar.gz"), "0" * 64, downloads),
             out=tmp_path / "x.zarr",
         )
-    with pytest.raises(ConfigError, match="dataset.sha256"):
-        prepare_dataset(cfg=archive_cfg(str(archive), None, downloads), out=tmp_path / "x.zarr")
-    with pytest.raises(ConfigError, match="dataset.url"):
-        prepare_dataset(
-            cfg={"name": "x", "source": "archive", "sha256": "0" * 64}, out=tmp_path / "x.zarr"
-        )
     with pytest.raises(ConfigError, match="not a supported archive"):
-        prepare_dataset(
+        prepare(
             cfg=archive_cfg(str(tmp_path / "toy.rar"), "0" * 64, downloads), out=tmp_path / "x.zarr"
         )
     assert leftovers(downloads) == [] and not (tmp_path / "x.zarr").exists()
@@ -364,7 +357,7 @@ def test_truncated_archive(tmp_path):
     truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="truncated or corrupt"):
-        prepare_dataset(
+        prepare(
             cfg=archive_cfg(str(truncated), sha256(truncated), downloads), out=tmp_path / "x.zarr"
         )
     assert leftovers(downloads) == []
@@ -379,9 +372,7 @@ def test_archive_without_layout(tmp_path):
     archive = make_tar(flat, tmp_path / "flat.tar.gz", arcname="images")
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match=r"not an ImageFolder dataset.*train/<class>"):
-        prepare_dataset(
-            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
-        )
+        prepare(cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr")
     assert leftovers(downloads) == []
 
 
@@ -417,9 +408,7 @@ def test_unsafe_tar_members_are_refused(tmp_path, member, message):
     archive = _tar_with(tmp_path, member, b"abc")
     downloads = tmp_path / "work" / "dl"
     with pytest.raises(DataError, match=message):
-        prepare_dataset(
-            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
-        )
+        prepare(cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr")
     assert leftovers(downloads) == []
     assert not (tmp_path / "work" / "escaped.png").exists()
     assert not Path("/tmp/escaped-abs.png").exists()
@@ -435,9 +424,7 @@ def test_symlink_through_symlink_is_refused_by_the_data_filter(tmp_path):
         tar.addfile(_member("s/l", tarfile.SYMTYPE, ".."))
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="refusing to extract"):
-        prepare_dataset(
-            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
-        )
+        prepare(cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr")
     assert leftovers(downloads) == []
 
 
@@ -454,9 +441,7 @@ def test_unsafe_zip_members_are_refused(tmp_path, kind):
             zf.writestr(info, "/etc/passwd")
     downloads = tmp_path / "dl"
     with pytest.raises(DataError, match="contains '..'" if kind == "traversal" else "symlink"):
-        prepare_dataset(
-            cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr"
-        )
+        prepare(cfg=archive_cfg(str(archive), sha256(archive), downloads), out=tmp_path / "x.zarr")
     assert leftovers(downloads) == []
     assert not (tmp_path / "escaped.png").exists()
 
@@ -503,7 +488,7 @@ def test_torchvision_cifar10_over_http(tmp_path, http_root, monkeypatch):
         "download_dir": str(tmp_path / "dl"),
         "max_train_images": 10,
     }
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "c10.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "c10.zarr")
     assert ds["image"].shape == (16, 3, 32, 32)
     assert json.loads(ds.attrs["classes"]) == [f"c{i}" for i in range(10)]
     raw = pickle.loads((folder / "test_batch").read_bytes())
@@ -517,7 +502,7 @@ def test_torchvision_cifar10_over_http(tmp_path, http_root, monkeypatch):
     monkeypatch.setattr(CIFAR10, "tgz_md5", "0" * 32)
     cfg["download_dir"] = str(tmp_path / "dl2")
     with pytest.raises(DataError, match="integrity check failed"):
-        prepare_dataset(cfg=cfg, out=tmp_path / "bad.zarr")
+        prepare(cfg=cfg, out=tmp_path / "bad.zarr")
     assert not (tmp_path / "bad.zarr").exists()
 
 
@@ -550,22 +535,10 @@ def test_torchvision_mnist_grayscale_over_http(tmp_path, http_root, monkeypatch)
         "download_dir": str(tmp_path / "dl"),
         "image_size": 14,
     }
-    ds = prepare_dataset(cfg=cfg, out=tmp_path / "mnist.zarr")
+    ds = prepare(cfg=cfg, out=tmp_path / "mnist.zarr")
     assert ds["image"].shape == (30, 1, 14, 14)
     assert list(np.unique(ds["split"].values, return_counts=True)[1]) == [10, 20]
     np.testing.assert_array_equal(ds["label"].values[20:], np.arange(10))
-
-
-def test_torchvision_config_errors(tmp_path):
-    cfg = {"name": "x", "source": "torchvision", "torchvision_dataset": "ImageNet"}
-    with pytest.raises(ConfigError, match="torchvision_dataset"):
-        prepare_dataset(cfg=cfg, out=tmp_path / "x.zarr")
-    with pytest.raises(ConfigError, match="dataset.channels"):
-        prepare_dataset(
-            cfg={"name": "x", "source": "sklearn_digits", "channels": 2}, out=tmp_path / "x.zarr"
-        )
-    with pytest.raises(ConfigError, match="dataset.source"):
-        prepare_dataset(cfg={"name": "x", "source": "kaggle"}, out=tmp_path / "x.zarr")
 
 
 # -- the real shared CIFAR-10 archive ----------------------------------------------------------
@@ -581,7 +554,7 @@ def test_shared_cifar10_archive_subsample(tmp_path):
         max_train_images=50,
         max_test_images=20,
     )
-    prepare_dataset(cfg=cfg, out=tmp_path / "cifar10.zarr")
+    prepare(cfg=cfg, out=tmp_path / "cifar10.zarr")
     ds, info = open_dataset(tmp_path / "cifar10.zarr")
     assert info.classes == [
         "airplane", "automobile", "bird", "cat", "deer",
@@ -598,6 +571,46 @@ def test_shared_cifar10_archive_subsample(tmp_path):
 
 
 # -- the workflow, configuration and planning --------------------------------------------------
+
+
+TORCHVISION = {"source": "torchvision", "torchvision_dataset": "MNIST"}
+ARCHIVE = {"source": "archive", "url": "toy.tar.gz", "sha256": "0" * 64}
+
+
+@pytest.mark.parametrize(
+    "settings,expected",
+    [
+        ({"channels": 2}, "dataset.channels: got 2; expected one of: None, 1, 3"),
+        ({"channels": True}, "dataset.channels: got True; expected type null or integer"),
+        ({"image_size": 0}, "dataset.image_size: got 0; expected a number >= 1"),
+        ({"max_train_images": 0}, "dataset.max_train_images: got 0; expected a number >= 1"),
+        ({"max_test_images": 2.5}, "dataset.max_test_images: got 2.5; expected type null or"),
+        ({"test_fraction": 1.0}, "dataset.test_fraction: got 1.0; expected a number < 1"),
+        ({"split_seed": -1}, "dataset.split_seed: got -1; expected a number >= 0"),
+        ({"download_dir": ""}, "dataset.download_dir: got ''; expected a string of at least 1"),
+        ({"source": "kaggle"}, "dataset.source: got 'kaggle'; expected one of: sklearn_digits,"),
+        (
+            {**TORCHVISION, "torchvision_dataset": "ImageNet"},
+            "dataset.torchvision_dataset: got 'ImageNet'; expected one of: CIFAR10,",
+        ),
+        ({"source": "torchvision"}, "dataset: missing required key 'torchvision_dataset'"),
+        ({**ARCHIVE, "sha256": None}, "dataset.sha256: got None; expected type string"),
+        ({**ARCHIVE, "sha256": "abc"}, "dataset.sha256: got 'abc'; expected a string matching"),
+        ({**ARCHIVE, "sha256": "xyz"}, "dataset.sha256: got 'xyz'; expected a string matching"),
+        ({"source": "archive", "url": "toy.tar.gz"}, "dataset: missing required key 'sha256'"),
+        ({"source": "archive", "sha256": "0" * 64}, "dataset: missing required key 'url'"),
+        ({**ARCHIVE, "url": ""}, "dataset.url: got ''; expected a string of at least 1"),
+        ({"source": "folder"}, "dataset: missing required key 'path'"),
+    ],
+)
+def test_schema_checks_the_dataset_settings(settings, expected):
+    """The loaders read the validated block as it is: the schema alone checks each value,
+    and that a source has its keys."""
+    cfg = tiny_config()
+    cfg["dataset"].update(settings)
+    with pytest.raises(ConfigError) as err:
+        check_schema(cfg, SCHEMA_PATH)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
 
 
 def test_schema_requires_source_keys(tmp_path):

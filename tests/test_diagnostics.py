@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from conftest import with_defaults
 from torch import nn
 
 from saliency_fingerprints.diagnostics import (
@@ -38,7 +39,7 @@ from saliency_fingerprints.training import load_model, save_model
 
 CPU = torch.device("cpu")
 N_IMAGES = 40
-SALIENCY = {"images": "all", "target": "predicted", "pass_size": 64, "chunk_size": 16}
+SALIENCY = with_defaults("saliency", images="all", target="predicted", pass_size=64, chunk_size=16)
 MP_PARAMS = {"iterations": 25, "mask_size": 4, "noise_std": 0.05, "seed": 1}
 IG_PARAMS = {"n_steps": 6, "baseline": "zero", "rule": "pair"}
 

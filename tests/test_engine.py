@@ -13,13 +13,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import tiny_config, with_defaults
 
+from saliency_fingerprints.configuration import SCHEMA_PATH, check_schema, schema_defaults
 from saliency_fingerprints.errors import ConfigError
 from saliency_fingerprints.models import build_model
 from saliency_fingerprints.saliency import (
@@ -251,7 +254,7 @@ def store(tmp_path_factory):
 def test_job_with_auto_pass_size_and_grouped_chunks(store, tmp_path, method, target):
     dataset, weights, ds = store
     passes._TUNED_PASS_SIZES.clear()
-    cfg = {"images": "train", "target": target, "pass_size": "auto", "chunk_size": 10}
+    cfg = with_defaults("saliency", images="train", target=target, pass_size="auto", chunk_size=10)
     out = tmp_path / "maps.zarr"
     params = METHOD_PARAMS[method]
     compute_saliency_maps(
@@ -289,7 +292,8 @@ def test_job_with_auto_pass_size_and_grouped_chunks(store, tmp_path, method, tar
 def test_job_rejects_a_bad_pass_size(store, tmp_path):
     dataset, weights, _ = store
     for bad in ("big", 0):
-        cfg = {"images": "all", "target": "predicted", "pass_size": bad, "chunk_size": 10}
+        cfg = with_defaults("saliency", images="all", target="predicted", pass_size=bad)
+        cfg.update(chunk_size=10)
         with pytest.raises(ConfigError, match="saliency.pass_size"):
             compute_saliency_maps(
                 dataset_path=dataset,
@@ -308,11 +312,30 @@ def test_job_rejects_a_bad_pass_size(store, tmp_path):
 
 
 def test_training_options_validate():
-    base = {"epochs": 1, "batch_size": 8, "learning_rate": 0.01}
-    settings = TrainSettings.from_config({**base, "channels_last": True, "tf32": True}, "k")
+    """The schema checks the training options and fills in their defaults; ``from_config``
+    only reads the filled block."""
+    base = {"train_fraction": 0.5, "epochs": 1, "batch_size": 8, "learning_rate": 0.01}
+    cfg = with_defaults("primary_training", base, channels_last=True, tf32=True)
+    settings = TrainSettings.from_config(cfg)
     assert settings.channels_last and settings.tf32 and settings.autocast == "none"
-    with pytest.raises(ConfigError, match="primary_training.autocast"):
-        TrainSettings.from_config({**base, "autocast": "fp8"}, "primary_training")
+    assert settings == TrainSettings(1, 8, 0.01, channels_last=True, tf32=True)
+    config = tiny_config()
+    config["primary_training"]["autocast"] = "fp8"
+    with pytest.raises(ConfigError, match=r"^primary_training.autocast: got 'fp8'; expected one"):
+        check_schema(config, SCHEMA_PATH)
+
+
+def test_train_settings_defaults_are_the_schemas():
+    """A dataclass default that drifted from the schema would train code-built settings (tests,
+    benchmarks) differently from configured ones."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(TrainSettings)
+        if f.default is not dataclasses.MISSING
+    }
+    assert defaults == schema_defaults("$defs", "train_defaults")  # values: test_configuration.py
+    required = {f.name for f in dataclasses.fields(TrainSettings)} - set(defaults)
+    assert required == {"epochs", "batch_size", "learning_rate"}
 
 
 def test_numeric_precision_restores_flags():
@@ -461,7 +484,8 @@ def test_cuda_smoothgrad_noise_is_keyed_normal():
 @pytest.mark.parametrize("method", ["grad", "integrated_gradients"])
 def test_cuda_job_matches_cpu_job(store, tmp_path, method):
     dataset, weights, _ = store
-    cfg = {"images": "all", "target": "predicted", "pass_size": "auto", "chunk_size": 32}
+    cfg = with_defaults("saliency", images="all", target="predicted", pass_size="auto")
+    cfg.update(chunk_size=32)
     stores = {}
     for name in ("cpu", "cuda"):
         out = tmp_path / f"{name}.zarr"

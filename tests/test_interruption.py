@@ -29,7 +29,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import REPO, SNAKEMAKE, planned_jobs, run_workflow, tiny_config
+from conftest import REPO, SNAKEMAKE, planned_jobs, run_workflow, tiny_config, with_defaults
 
 from saliency_fingerprints.datasets import prepare_dataset
 from saliency_fingerprints.models import build_model
@@ -178,22 +178,27 @@ def primary(tmp_path_factory) -> tuple[Path, Path]:
     """A digits dataset store and an (untrained, Glorot-initialised) cnn2's weights."""
     root = tmp_path_factory.mktemp("interruption")
     dataset = root / "digits.zarr"
-    prepare_dataset(cfg={"name": "digits", "source": "sklearn_digits"}, out=dataset)
+    prepare_dataset(
+        cfg=with_defaults("dataset", name="digits", source="sklearn_digits"), out=dataset
+    )
     torch.manual_seed(0)
     weights = root / "cnn2.safetensors"
     save_model(build_model("cnn2", 1, 8, 10), weights, "cnn2", 1, 8, 10)
     return dataset, weights
 
 
-SALIENCY = {
-    "images": "all",
-    "max_images": 240,
-    "seed": 0,
-    "target": "predicted",
-    "pass_size": 64,
-    "chunk_size": 32,
-    "dtype": "float32",
-}
+SALIENCY = with_defaults(
+    "saliency",
+    {
+        "images": "all",
+        "max_images": 240,
+        "seed": 0,
+        "target": "predicted",
+        "pass_size": 64,
+        "chunk_size": 32,
+        "dtype": "float32",
+    },
+)
 SMOOTHGRAD = {"n_samples": 4, "noise_level": 0.15, "magnitude": True, "seed": 0}
 
 
@@ -387,7 +392,9 @@ def test_atomic_output_killed_mid_write(tmp_path):
 def test_killed_training_job_leaves_no_outputs(primary, tmp_path):
     dataset, _ = primary
     out = tmp_path / "primary"
-    training = {"train_fraction": 0.5, "epochs": 10_000, "batch_size": 64, "learning_rate": 1e-3}
+    training = with_defaults(
+        "primary_training", train_fraction=0.5, epochs=10_000, batch_size=64, learning_rate=1e-3
+    )
     log = tmp_path / "train.log"
     script = textwrap.dedent(
         f"""

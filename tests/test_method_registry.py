@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import tiny_config, with_defaults
 from snakemake.utils import validate
 from test_captum_methods import write_job_inputs
 
@@ -203,7 +203,7 @@ def test_a_new_method_is_one_class_and_one_schema_block(scaled_gradient, tmp_pat
     engine = build_method("scaled_grad", model, params, 16)
     assert engine.name == "scaled_grad" and engine.params() == {"scale": 2.0}
     dataset, weights, _ = write_job_inputs(tmp_path)
-    saliency = {"images": "all", "target": "true", "pass_size": 16, "chunk_size": 8}
+    saliency = with_defaults("saliency", images="all", target="true", pass_size=16, chunk_size=8)
     for method, method_params in (("scaled_grad", params), ("grad", {})):
         out = tmp_path / f"{method}.zarr"
         compute_saliency_maps(

@@ -197,12 +197,15 @@ def test_paper_preset_plans_the_full_job_set(tmp_path):
 def test_paper_preset_plans_its_studies(tmp_path):
     jobs = planned_jobs(tmp_path, load_preset("paper"))
     # studies: n_primaries k = 2, 4, 20 (k = 10 is ten_miniresnet; k = 20 trains miniresnet
-    # seeds 10-19 and their Grad maps), learning_curve 0.1, 0.25, 0.5 (1.0 is two_miniresnet)
-    assert jobs["study_table"] == 2
-    assert jobs["train_primary"] == 6 + 10 + 10
-    assert jobs["compute_saliency"] == 2 * 6 * 4 + 2 * 10 * 3 + 10
-    assert jobs["train_secondary"] == 8 + 4 + 6 + 3 + 3 + 3 + 1 + 3 + 3
-    assert jobs["cross_evaluate"] == 9 + 6
+    # seeds 10-19 and their Grad maps), learning_curve 0.1, 0.25, 0.5 (1.0 is two_miniresnet);
+    # init_vs_data: 2 primaries (seed 1 on seed 0's data, the reverse) with Grad/SG/IG maps and
+    # 3 levels x 3 methods (its "both" has 3 methods, so it is not n_primaries' k = 2);
+    # training_length: 0, 1, 3, 7 epochs of seeds 0, 1 (15 is n_primaries' k = 2) with Grad maps
+    assert jobs["study_table"] == 4
+    assert jobs["train_primary"] == 6 + 10 + 10 + 2 + 4 * 2
+    assert jobs["compute_saliency"] == 2 * 6 * 4 + 2 * 10 * 3 + 10 + 2 * 3 + 4 * 2
+    assert jobs["train_secondary"] == 8 + 4 + 6 + 3 + 3 + 3 + 1 + 3 + 3 + 3 * 3 + 4
+    assert jobs["cross_evaluate"] == 9 + 6 + 3 + 4
 
 
 def test_paper_preset_ships_replicates():

@@ -4,6 +4,7 @@ and the study tables and figures from synthetic cross-evaluation CSVs (no traini
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from conftest import load_default_config, planned_jobs, tiny_config
 from snakemake.utils import validate
 
 from saliency_fingerprints.configuration import (
+    Primary,
     check_schema,
     expand_studies,
     experiment_primaries,
@@ -68,6 +70,17 @@ def test_default_studies_expand_into_experiments_that_reuse_primaries():
             (0.25, "study-learning_curve-0p25"),
             (1.0, "two_cnn2"),
         ],
+        # both: the ordinary seeds 0, 1 with n_primaries' settings, so its k = 2 level
+        "init_vs_data": [
+            ("init", "study-init_vs_data-init"),
+            ("data", "study-init_vs_data-data"),
+            ("both", "study-n_primaries-2"),
+        ],
+        # 15 epochs is primary_training.epochs: the ordinary primaries, so k = 2 again
+        "training_length": [
+            (0, "study-training_length-0"),
+            (15, "study-n_primaries-2"),
+        ],
     }
     added = set(cfg["experiments"]) - before
     assert (
@@ -77,10 +90,28 @@ def test_default_studies_expand_into_experiments_that_reuse_primaries():
             "study-n_primaries-2",
             "study-n_primaries-4",
             "study-learning_curve-0p25",
+            "study-init_vs_data-init",
+            "study-init_vs_data-data",
+            "study-training_length-0",
         }
     )
+    # init: seed 1's weights on seed 0's data; data: seed 0's weights on seed 1's data
+    assert [p.name for p in experiment_primaries(cfg, "study-init_vs_data-init")] == [
+        "cnn2-seed0",
+        "cnn2-seed1-data0",
+    ]
+    assert [p.name for p in experiment_primaries(cfg, "study-init_vs_data-data")] == [
+        "cnn2-seed0",
+        "cnn2-seed0-data1",
+    ]
+    assert [p.name for p in experiment_primaries(cfg, "study-training_length-0")] == [
+        "cnn2-seed0-epoch0",
+        "cnn2-seed1-epoch0",
+    ]
     # the same (architecture, seed) as two_cnn2's primaries: the same primaries and map stores
-    assert experiment_primaries(cfg, "study-n_primaries-4") == [("cnn2", s) for s in range(4)]
+    assert experiment_primaries(cfg, "study-n_primaries-4") == [
+        Primary("cnn2", s) for s in range(4)
+    ]
     two = {p for r in range(3) for p in experiment_primaries(cfg, "two_cnn2", r)}
     assert set(experiment_primaries(cfg, "study-n_primaries-4")) <= two
     # the learning curve keeps the base's primary sets per replicate, overrides fit_fraction only
@@ -126,6 +157,18 @@ def test_absent_or_disabled_studies_add_nothing(off):
             lambda s: s["learning_curve"].update(fractions=[0.5, 1.5]),
             "studies.learning_curve.fractions[1]: got 1.5; expected a number <= 1",
         ),
+        (
+            lambda s: s["init_vs_data"].update(seeds=[3]),
+            "studies.init_vs_data.seeds: got 1 item(s); expected at least 2 item(s)",
+        ),
+        (
+            lambda s: s["training_length"].update(epochs=[-1, 3]),
+            "studies.training_length.epochs[0]: got -1; expected a number >= 0",
+        ),
+        (
+            lambda s: s["training_length"].pop("epochs"),
+            "studies.training_length: missing required key 'epochs'",
+        ),
         (lambda s: s.update(depth={}), "studies.depth: unknown key"),
     ],
 )
@@ -165,7 +208,7 @@ def test_study_overrides_and_reuse_by_identity():
     ]
     # k = 4 on disjoint sets: {0-3}, {4-7}, {8-11}
     assert experiment_primaries(cfg, "study-n_primaries-4", 2) == [
-        ("cnn2", s) for s in range(8, 12)
+        Primary("cnn2", s) for s in range(8, 12)
     ]
     # another secondary setting is another experiment, even with the same primaries
     cfg = load_default_config()
@@ -187,8 +230,6 @@ def test_fit_subset_is_seeded_nested_and_leaves_validation_alone():
     assert np.array_equal(fit_subset(fit, 1.0, 0), fit)
     assert len(fit_subset(fit[:3], 0.01, 0)) == 1  # at least one image
     assert not set(half) & set(val)
-    with pytest.raises(ConfigError, match="secondary.fit_fraction"):
-        fit_subset(fit, 0.0, 0)
 
 
 def replicate_rows(experiment: str, k: int, methods: list[str], accuracies, cue: float):
@@ -235,10 +276,26 @@ def test_study_table_and_figure_from_cross_evaluation_csvs(tmp_path):
         path.parent.mkdir(parents=True)
         replicate_rows(name, k, ["grad", "smoothgrad"], accuracies, cue).to_csv(path, index=False)
         parts.append(path)
+    names = [f"cnn2-seed{s}" for s in range(4)]
     levels = [
-        {"level": 2, "experiment": "study-n_primaries-2", "methods": ["grad"]},
-        {"level": 4, "experiment": "study-n_primaries-4", "methods": ["grad", "smoothgrad"]},
+        {
+            "level": 2,
+            "experiment": "study-n_primaries-2",
+            "methods": ["grad"],
+            "primaries": names[:2],
+        },
+        {
+            "level": 4,
+            "experiment": "study-n_primaries-4",
+            "methods": ["grad", "smoothgrad"],
+            "primaries": names,
+        },
     ]
+    metrics = []
+    for name, accuracy in zip(names, [0.9, 0.8, 0.7, 0.6], strict=True):
+        metrics.append(tmp_path / "primaries" / name / "metrics.json")
+        metrics[-1].parent.mkdir(parents=True)
+        metrics[-1].write_text(json.dumps({"primary": name, "final_test_accuracy": accuracy}))
     out = tmp_path / "tables" / "studies"
     out.mkdir(parents=True)
     png = tmp_path / "figures" / "n_primaries.png"
@@ -251,8 +308,12 @@ def test_study_table_and_figure_from_cross_evaluation_csvs(tmp_path):
         out_md=out / "n_primaries.md",
         out_png=png,
         dpi=40,
+        primary_metrics=metrics,
     )
     csv = pd.read_csv(out / "n_primaries.csv")
+    # the primaries' test accuracy beside each level: mean and sd over its primaries
+    assert csv["primary_test_accuracy"].tolist() == pytest.approx([0.85, 0.75, 0.75])
+    assert csv.iloc[0]["primary_test_accuracy_sd"] == pytest.approx(0.0707107)
     assert list(csv.columns) == COLUMNS and len(csv) == len(table) == 3
     assert list(zip(csv["level"], csv["method"], strict=True)) == [
         (2, "grad"),
@@ -269,6 +330,16 @@ def test_study_table_and_figure_from_cross_evaluation_csvs(tmp_path):
     )
     markdown = (out / "n_primaries.md").read_text()
     assert markdown.startswith("# Study: n_primaries") and "0.850 ± 0.050" in markdown
+    assert "0.750 ± 0.129" in markdown  # the four primaries' test accuracy
+    with pytest.raises(ValueError, match="no metrics.json of primaries"):
+        write_study(
+            study="n_primaries",
+            levels=levels,
+            parts=parts,
+            out_csv=tmp_path / "y.csv",
+            out_md=tmp_path / "y.md",
+            primary_metrics=metrics[:3],
+        )
     assert (out / "n_primaries.provenance.json").exists()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no original-map rows of methods"):
@@ -289,12 +360,16 @@ def test_default_studies_plan_without_cluttering_table_1(tmp_path):
     cfg = tiny_config()
     cfg["studies"] = load_default_config()["studies"]
     with_studies = planned_jobs(tmp_path / "b", cfg)
-    # two_cnn2's primaries and grad maps are the studies' (nothing new), 3 study experiments
-    # with one method each (learning_curve 1.0 is two_cnn2)
-    assert with_studies["train_primary"] == without["train_primary"]
-    assert with_studies["compute_saliency"] == without["compute_saliency"]
-    assert with_studies["train_secondary"] == without["train_secondary"] + 3
-    assert with_studies["cross_evaluate"] == without["cross_evaluate"] + 3
-    assert with_studies["study_table"] == 2
+    # n_primaries and learning_curve use two_cnn2's primaries and grad maps (nothing new);
+    # init_vs_data adds 2 primaries (seed 1 on seed 0's data, the reverse), training_length 4
+    # (seeds 0, 1 after 0 and 15 epochs: the tiny config's 3 epochs are the plain ones), each
+    # with its grad maps. Study experiments with one method each: n_primaries 2 (k = 2 is also
+    # init_vs_data's "both"), learning_curve 1 (1.0 is two_cnn2), init_vs_data 2,
+    # training_length 2.
+    assert with_studies["train_primary"] == without["train_primary"] + 6
+    assert with_studies["compute_saliency"] == without["compute_saliency"] + 6
+    assert with_studies["train_secondary"] == without["train_secondary"] + 6
+    assert with_studies["cross_evaluate"] == without["cross_evaluate"] + 6
+    assert with_studies["study_table"] == 4
     for rule in ("plot_heatmap", "plot_map_grid", "combine_tables"):
         assert with_studies[rule] == without[rule]

@@ -83,8 +83,7 @@ class SaliencyMethod:
     needs_sample_set = False
 
     def __init__(self, model: nn.Module, pass_size: int = 64) -> None:
-        if pass_size < 1:
-            raise ConfigError(f"saliency.pass_size must be a positive integer, got {pass_size}")
+        # pass_size: rows per pass, >= 1 (the schema's saliency.pass_size, resolved)
         self.model = model
         self.pass_size = pass_size
 

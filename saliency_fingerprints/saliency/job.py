@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .base import SaliencyMethod, build_method
 from .passes import resolve_pass_size
 
@@ -36,15 +36,11 @@ Chunk = tuple[int, int, int]  # (chunk index, first position, end position) in t
 
 
 def select_images(split: np.ndarray, which: str, max_images: int | None, seed: int) -> np.ndarray:
-    """Sample ids that get maps: a split (or all), optionally a seeded random subset of it."""
-    if which not in ("all", "train", "test"):
-        raise ConfigError(f"saliency.images must be 'all', 'train' or 'test', got {which!r}")
+    """Sample ids that get maps: a split (``which``: all, train or test), optionally a seeded
+    random subset of ``max_images`` (>= 1; None: all) of it."""
     ids = np.arange(len(split)) if which == "all" else np.flatnonzero(split == which)
-    if max_images is not None:
-        if max_images < 1:
-            raise ConfigError(f"saliency.max_images must be a positive integer, got {max_images}")
-        if max_images < len(ids):
-            ids = np.sort(np.random.default_rng([seed, 0x1A6E]).choice(ids, max_images, False))
+    if max_images is not None and max_images < len(ids):
+        ids = np.sort(np.random.default_rng([seed, 0x1A6E]).choice(ids, max_images, False))
     return ids
 
 
@@ -54,17 +50,6 @@ def _file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def job_settings(cfg: dict) -> tuple[str, int]:
-    """``saliency.target`` and ``saliency.chunk_size``, checked."""
-    target_mode = cfg["target"]
-    if target_mode not in ("true", "predicted"):
-        raise ConfigError(f"saliency.target must be 'true' or 'predicted', got {target_mode!r}")
-    chunk_size = int(cfg["chunk_size"])
-    if chunk_size < 1:
-        raise ConfigError(f"saliency.chunk_size must be a positive integer, got {chunk_size}")
-    return target_mode, chunk_size
 
 
 def frozen_primary(weights_path: str | Path, device: torch.device) -> nn.Module:
@@ -251,17 +236,15 @@ def compute_saliency_maps(
         "compute_saliency",
         {**config, "primary": primary},
         device,
-        seed=int(cfg.get("seed", 0)),
+        seed=int(cfg["seed"]),
         threads=threads,
     )
-    target_mode, chunk_size = job_settings(cfg)
+    target_mode, chunk_size = cfg["target"], int(cfg["chunk_size"])
     ds, info = open_dataset(dataset_path)
     model = frozen_primary(weights_path, device)
     image_shape = (info.channels, info.image_size, info.image_size)
-    ids = select_images(
-        ds["split"].values, cfg["images"], cfg.get("max_images"), int(cfg.get("seed", 0))
-    )
-    tf32 = bool(cfg.get("tf32", False))
+    ids = select_images(ds["split"].values, cfg["images"], cfg["max_images"], int(cfg["seed"]))
+    tf32 = bool(cfg["tf32"])
     setting = cfg["pass_size"]
     engine = build_engine(model, method, method_params, setting, image_shape, len(ids), tf32)
     if engine.needs_sample_set:  # input_agnostic: minibatches drawn from the train split
@@ -292,7 +275,7 @@ def compute_saliency_maps(
             coords,
             attrs,
             store_fingerprint(config, primary, weights_path, ds),
-            dtype=cfg.get("dtype", "float32"),
+            dtype=cfg["dtype"],
             data_vars=data_vars,
         ) as writer,
         ThreadPoolExecutor(max_workers=1) as reader,
