@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -35,8 +36,20 @@ def set_determinism(seed: int, threads: int | None = None) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_kernels()
     torch.backends.cudnn.benchmark = False
+
+
+def deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of
+    ``torch._inductor``: the public call imports the compiler stack (TorchDynamo, ~2.7 s of
+    every job's start on these CPUs, more than a small job's work) only to set Inductor's
+    ``deterministic`` flag, and nothing here compiles. Where Inductor is already loaded (a
+    caller that compiles), the public call sets both."""
+    if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def seed_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:

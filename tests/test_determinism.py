@@ -1,14 +1,16 @@
 """Determinism: the same config on the CPU gives bitwise-identical weights, maps and tables.
 
-Two independent runs of the tiny workflow (the session's ``tiny_run`` and one more here) are
-compared byte for byte where the file holds only data (safetensors weights, CSV tables, markdown)
-and value for value where it also holds provenance (Zarr stores: their arrays and coordinates;
-the provenance attribute carries timestamps and wall times by design).
+Two independent runs of the tiny workflow (the session's ``tiny_run`` and its SLURM run, or one
+more here) are compared byte for byte where the file holds only data (safetensors weights, CSV
+tables, markdown) and value for value where it also holds provenance (Zarr stores: their arrays
+and coordinates; the provenance attribute carries timestamps and wall times by design).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,15 @@ import pytest
 import torch
 import xarray as xr
 from conftest import run_workflow, tiny_config
+from slurm_cluster import missing_slurm
 
 
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory) -> tuple[Path, Path]:
-    """Two runs of the same config on the CPU: the session's ``tiny_run`` and one more; where
-    CUDA is visible, two fresh runs with ``compute.device: cpu`` instead."""
+    """Two independent runs of the same config on the CPU: the session's ``tiny_run`` and the
+    session's run of it on a local SLURM cluster (``slurm_run``: other processes, another
+    scheduler, one job failed and retried), or, without SLURM, one more local run; where CUDA
+    is visible, two fresh local runs with ``compute.device: cpu`` instead."""
     cfg = tiny_config()
     if torch.cuda.is_available():
         cfg["compute"] = {"device": "cpu"}
@@ -29,6 +34,10 @@ def runs(request, tmp_path_factory) -> tuple[Path, Path]:
         run_workflow(first, cfg)
     else:
         first = request.getfixturevalue("tiny_run")
+        if missing_slurm() is None:
+            run = request.getfixturevalue("slurm_run")
+            assert run.proc.returncode == 0, run.proc.stderr[-8000:]
+            return first, run.workdir
     second = tmp_path_factory.mktemp("determinism")
     run_workflow(second, cfg)
     return first, second
@@ -155,3 +164,21 @@ def test_safetensors_files_do_not_depend_on_the_process():
     assert data.index(b'"architecture":"0","classes":"3","in_channels":"1","size":"2"') > 0
     loaded = load(data)
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_determinism_flags_without_loading_the_compiler():
+    """set_determinism turns on torch's deterministic algorithms (warn only) without importing
+    torch._inductor / TorchDynamo, which the public call loads (~2.7 s of every job's start)."""
+    script = (
+        "import sys, torch\n"
+        "from saliency_fingerprints.runtime import set_determinism\n"
+        "set_determinism(0, 1)\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "compiler = ('torch._inductor', 'torch._dynamo')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(compiler)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

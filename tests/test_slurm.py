@@ -1,41 +1,39 @@
 """The SLURM and workstation profiles, and the tiny workflow on a real single-node SLURM cluster.
 
-The cluster tests start `cluster/local_slurm.sh` (Debian's slurmctld, slurmd and munge, a fake GPU
-GRES) once for this module, run the tiny workflow with
+The cluster tests use the session's ``slurm_run`` (tests/slurm_cluster.py): it starts
+`cluster/local_slurm.sh` (Debian's slurmctld, slurmd and munge, a fake GPU GRES), runs the tiny
+workflow with
 
     snakemake --workflow-profile profiles/slurm --profile profiles/slurm-ci
 
-and stop the cluster. They are skipped, with the reason, when the packages are not installed or
-the tests do not run as root. The other tests here need no cluster.
+and stops the cluster; tests/test_determinism.py compares that run with the local one. They are
+skipped, with the reason, when the packages are not installed or the tests do not run as root.
+The other tests here need no cluster.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, planned_jobs, run_workflow, tiny_config
+from conftest import REPO, planned_jobs, tiny_config
+from slurm_cluster import CI_PROFILE, RETRIED_LOG, SLURM_PROFILE, SlurmRun
 
 from saliency_fingerprints import jobs
 
-SCRIPT = REPO / "cluster" / "local_slurm.sh"
-SLURM_PROFILE = REPO / "profiles" / "slurm"
-CI_PROFILE = REPO / "profiles" / "slurm-ci"
-GPU_RULES = {"train_primary", "compute_saliency", "train_secondary", "cross_evaluate"}
-# One job made to fail once (jobs.FAIL_ONCE_ENV): one of the two train_primary jobs, a GPU rule
-# in an early wave, so that its retry mostly overlaps the other job of that wave.
-RETRIED_LOG = "results/logs/train_primary/cnn2-seed0.log"
-RETRIED_COMMENT = "rule_train_primary_wildcards_cnn2_0"  # the plugin's sbatch --comment
-SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "mungekey")
+GPU_RULES = {
+    "train_primary",
+    "compute_saliency",
+    "train_secondary",
+    "cross_evaluate",
+    "train_random_label_primary",
+    "sanity_check",
+}
+RETRIED_COMMENT = "rule_train_primary_wildcards_cnn2_0_"  # the plugin's sbatch --comment
 
 
 # -- profiles, no cluster needed ------------------------------------------------------------------
@@ -134,108 +132,7 @@ def test_log_says_where_the_job_ran(monkeypatch):
     )
 
 
-# -- the tiny workflow on a real SLURM cluster ----------------------------------------------------
-@dataclass
-class SlurmJob:
-    id: int
-    name: str
-    state: str
-    comment: str
-    mem_mb: int
-    time_limit: str
-    gpu_request: str | None
-
-
-@dataclass
-class SlurmRun:
-    workdir: Path
-    proc: subprocess.CompletedProcess
-    jobs: list[SlurmJob]  # every SLURM job this run submitted, oldest first
-
-
-def missing_slurm() -> str | None:
-    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
-    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool, path=path) is None]
-    if missing:
-        return (
-            f"Debian's SLURM packages are not installed (no {', '.join(missing)}): "
-            "apt-get install -y slurmctld slurmd slurm-client munge"
-        )
-    if os.geteuid() != 0:
-        return "a local SLURM cluster needs root (slurmd runs jobs, mknod makes fake GPUs)"
-    return None
-
-
-def scontrol_jobs(run_name: str) -> list[SlurmJob]:
-    out = subprocess.run(
-        ["scontrol", "-o", "show", "job"], capture_output=True, text=True, check=True
-    ).stdout
-
-    def field(line: str, key: str) -> str | None:
-        match = re.search(rf"(?:^| ){key}=(\S+)", line)
-        return match.group(1) if match else None
-
-    found = []
-    for line in out.splitlines():
-        if field(line, "JobName") != run_name:
-            continue
-        found.append(
-            SlurmJob(
-                id=int(field(line, "JobId")),
-                name=run_name,
-                state=field(line, "JobState"),
-                comment=field(line, "Comment") or "",
-                mem_mb=int(field(line, "MinMemoryNode").rstrip("M")),
-                time_limit=field(line, "TimeLimit"),
-                gpu_request=field(line, "TresPerJob"),
-            )
-        )
-    return sorted(found, key=lambda job: job.id)
-
-
-@pytest.fixture(scope="module")
-def slurm_run(tmp_path_factory):
-    reason = missing_slurm()
-    if reason:
-        pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm_cluster")
-    # 8 advertised CPUs and fake GPUs on a small machine: the six saliency and six secondary jobs
-    # each go in one wave instead of three (fewer status-poll waits).
-    env = {**os.environ, "LOCAL_SLURM_CPUS": "8", "LOCAL_SLURM_GPUS": "8"}
-    start = subprocess.run(
-        ["bash", str(SCRIPT), "start", str(state)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    if start.returncode != 0:
-        pytest.fail(f"local SLURM cluster did not start:\n{start.stderr}")
-    exports = dict(
-        shlex.split(line)[1].split("=", 1)
-        for line in start.stdout.splitlines()
-        if line.startswith("export ")
-    )
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key in ("SLURM_CONF", "PATH"):
-                patch.setenv(key, exports[key])
-            patch.setenv(jobs.FAIL_ONCE_ENV, f"*{RETRIED_LOG}")
-            workdir = tmp_path_factory.mktemp("slurm_run")
-            proc = run_workflow(
-                workdir,
-                tiny_config(sanity=False),
-                "--workflow-profile",
-                str(SLURM_PROFILE),
-                profile=str(CI_PROFILE),
-                check=False,
-                timeout=900,
-            )
-            run_id = re.search(r"SLURM run ID: (\S+)", proc.stdout + proc.stderr)
-            slurm_jobs = scontrol_jobs(run_id.group(1)) if run_id else []
-        yield SlurmRun(workdir, proc, slurm_jobs)
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(state)], timeout=120, check=False)
+# -- the tiny workflow on a real SLURM cluster (tests/slurm_cluster.py, a session fixture) --
 
 
 def job_logs(workdir: Path) -> dict[str, dict]:
@@ -262,7 +159,7 @@ def assert_run_succeeded(run: SlurmRun) -> None:
 @pytest.mark.slurm
 def test_every_job_ran_as_a_slurm_job(slurm_run, tmp_path):
     assert_run_succeeded(slurm_run)
-    expected = planned_jobs(tmp_path / "plan", tiny_config(sanity=False))
+    expected = planned_jobs(tmp_path / "plan", tiny_config())
     expected.pop("all")
     logs = job_logs(slurm_run.workdir)
     ran = {}
@@ -330,7 +227,7 @@ def test_failed_job_is_retried_with_more_memory_and_time(slurm_run):
 def test_slurm_run_is_complete_and_idempotent(slurm_run):
     """A second dry run of the finished SLURM run has nothing to do."""
     assert_run_succeeded(slurm_run)
-    assert planned_jobs(slurm_run.workdir, tiny_config(sanity=False)) == {}
+    assert planned_jobs(slurm_run.workdir, tiny_config()) == {}
 
 
 def minutes(limit: str) -> int:
