@@ -40,6 +40,9 @@ def random_label_metrics():
     ]
 
 
+SWITCHED_SANITY_CHECKS = ("smooth_randomisation", "efficient_randomisation")
+
+
 def sanity_params():
     """What a sanity-check table depends on, besides its method and primary (the random-label
     primary's training is in its own rule's params)."""
@@ -50,8 +53,16 @@ def sanity_params():
             **{k: cfg[k] for k in keep},
             "random_labels": random_labels_enabled(),
             "target": config["saliency"]["target"],
+            # Hedström et al.'s sMPRT and eMPRT: a block that is off is only {enabled: false},
+            # so editing its other keys reruns nothing
+            **{k: enabled_block(cfg[k]) for k in SWITCHED_SANITY_CHECKS},
         }
     )
+
+
+def enabled_block(block):
+    """A switchable block as a job depends on it: all of it when enabled, else that alone."""
+    return block if block["enabled"] else {"enabled": False}
 
 
 def sanity_check_input(wildcards):

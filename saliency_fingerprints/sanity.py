@@ -16,6 +16,20 @@ each comparing a primary's maps with maps of the same images made under a change
   and input gradients are unchanged, so a method *should* give the same maps. Grad and SmoothGrad
   pass; Integrated Gradients with a zero baseline does not.
 
+Two repairs of parameter randomisation by Hedström et al. (2023, "Sanity Checks Revisited: An
+Exploration to Repair the Model Parameter Randomisation Test"; Quantus' ``SmoothMPRT`` and
+``EfficientMPRT``):
+
+* **Smooth MPRT** (sMPRT): the same ladder, each map (of the trained and of every randomised
+  model) the mean of the method's maps over ``n_samples`` copies of the image, ``n_samples - 1``
+  with Gaussian noise (std ``noise_level`` x the image's range, seeded: every model sees the same
+  copies) and the image itself (:func:`smoothed_maps`). Averaging removes the noise both models'
+  maps share, which otherwise shows up as a similarity the weights do not explain.
+* **Efficient MPRT** (eMPRT): no ladder, only the fully randomised model; per image, the
+  complexity (Quantus' default: the discrete entropy of the map's histogram,
+  :func:`discrete_entropy`) of its map over that of the trained model's map
+  (:func:`complexity_scores`). Above 1: randomisation made the map less structured (a pass).
+
 Similarity per image, as in the sanity-check literature: Spearman rank correlation of the
 absolute maps (``spearman_abs``) and of the signed maps (``spearman``), both after summing the
 channels, and SSIM of the absolute maps scaled to [0, 1] (``ssim``).
@@ -26,14 +40,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from scipy.stats import rankdata
+from scipy.stats import entropy, rankdata
 from torch import nn
 
 from .configuration import primary_name
@@ -52,6 +66,10 @@ log = logging.getLogger(__name__)
 RANDOMISATIONS = ("cascading", "independent")
 SIMILARITIES = ("spearman_abs", "spearman", "ssim")
 NO_LAYER = "-"  # the layer column of tests that change no single layer
+SMOOTH_PREFIX = "smooth_"  # sMPRT's test: smooth_randomised_<mode>
+EFFICIENT = "efficient_randomisation"  # eMPRT's test, one row per image
+EVERY_LAYER = "all"  # the layer column of eMPRT's rows: every weight layer re-initialised
+COMPLEXITIES = ("complexity_trained", "complexity_randomised", "complexity_ratio")
 
 
 # -- the changed models ------------------------------------------------------------------------
@@ -95,6 +113,13 @@ def randomised_models(
         generator = torch.Generator().manual_seed(seed * 1_000 + step)
         reinitialise_(current.get_submodule(name), generator)
         yield name, step, current
+
+
+def fully_randomised_model(model: nn.Module, seed: int) -> nn.Module:
+    """eMPRT's model: every weight layer re-initialised, with the weights of the last step of
+    the cascade (:func:`randomised_models`) of the same ``seed``."""
+    *_, (_, _, net) = randomised_models(model, "cascading", seed)
+    return net
 
 
 class ShiftedInput(nn.Module):
@@ -165,6 +190,94 @@ def similarities(reference: np.ndarray, maps: np.ndarray) -> dict[str, np.ndarra
         "spearman": spearman(reference, maps, absolute=False),
         "ssim": ssim(reference, maps),
     }
+
+
+# -- Hedström et al. (2023): smooth and efficient parameter randomisation ---------------------
+
+Explain = Callable[[nn.Module, torch.Tensor], np.ndarray]  # (model, images) -> maps
+
+
+def smoothing_noise(images: np.ndarray, draw: int, noise_level: float, seed: int) -> np.ndarray:
+    """sMPRT's noise for its noisy copy ``draw`` (1, 2, ...) of ``images`` ``(N, ...)``: Gaussian,
+    std ``noise_level`` x (max - min) of each image, keyed by ``(seed, draw)`` only, so that
+    every model (and every method) sees the same noisy copies."""
+    axes = tuple(range(1, images.ndim))
+    spread = images.max(axis=axes, keepdims=True) - images.min(axis=axes, keepdims=True)
+    rng = np.random.default_rng([seed, 0x5E07, draw])
+    return (rng.standard_normal(images.shape) * noise_level * spread).astype(images.dtype)
+
+
+def smoothed_maps(
+    explain: Explain,
+    model: nn.Module,
+    images: torch.Tensor,
+    n_samples: int,
+    noise_level: float,
+    seed: int,
+) -> np.ndarray:
+    """sMPRT's map of each image: the mean of ``explain``'s maps over ``n_samples`` copies, the
+    image itself and ``n_samples - 1`` noisy ones (:func:`smoothing_noise`). As in Quantus, the
+    image itself is one of the copies: one sample is the plain map, whatever the noise."""
+    total = explain(model, images).astype(np.float64)
+    pixels = images.cpu().numpy()
+    for draw in range(1, n_samples):
+        noise = torch.from_numpy(smoothing_noise(pixels, draw, noise_level, seed))
+        total += explain(model, images + noise.to(images.device))
+    return (total / n_samples).astype(np.float32)
+
+
+def smooth_randomisation(
+    explain: Explain,
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mode: str,
+    seed: int,
+    n_samples: int,
+    noise_level: float,
+) -> Iterator[tuple[str, int, dict[str, np.ndarray]]]:
+    """sMPRT: ``(layer, step, similarities)`` for every step of :func:`randomised_models`, the
+    similarities (:func:`similarities`) of the smoothed maps (:func:`smoothed_maps`) of the
+    randomised model to those of ``model``."""
+
+    def smoothed(net: nn.Module) -> np.ndarray:
+        return smoothed_maps(explain, net, images, n_samples, noise_level, seed)
+
+    reference = smoothed(model)
+    for layer, step, net in randomised_models(model, mode, seed):
+        yield layer, step, similarities(reference, smoothed(net))
+
+
+def discrete_entropy(maps: np.ndarray, bins: int) -> np.ndarray:
+    """Per-image complexity of ``(N, C, H, W)`` maps, as Quantus' default for eMPRT
+    (``quantus.functions.complexity_func.discrete_entropy``): the Shannon entropy (nats) of the
+    histogram of the channel-summed |map| in ``bins`` equal-width bins over its own range. 0 for
+    a constant map; at most log(min(bins, pixels))."""
+    flat = np.abs(maps).sum(axis=1).reshape(len(maps), -1)
+    return np.array([entropy(np.histogram(row, bins=bins)[0]) for row in flat])
+
+
+def complexity_scores(
+    trained: np.ndarray, randomised: np.ndarray, bins: int
+) -> dict[str, np.ndarray]:
+    """eMPRT per image: the complexity (:func:`discrete_entropy`) of the trained model's map, of
+    the fully randomised model's map and their ratio (randomised / trained; NaN where the trained
+    map is constant). Quantus' ``EfficientMPRT`` score is the relative rise, ratio - 1."""
+    before, after = discrete_entropy(trained, bins), discrete_entropy(randomised, bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(before > 0, after / before, np.nan)
+    return dict(zip(COMPLEXITIES, (before, after, ratio), strict=True))
+
+
+def table_rows(
+    keys: dict, samples: np.ndarray, scores: dict[str, np.ndarray]
+) -> list[dict[str, object]]:
+    """One row per sample of the long table: ``keys`` (primary, method, test, layer, step), the
+    sample id and each of ``scores`` (name -> per-sample values) at that sample."""
+    return [
+        {**keys, "sample": int(sample), **{name: float(v[i]) for name, v in scores.items()}}
+        for i, sample in enumerate(samples)
+    ]
 
 
 # -- the random-label copy: trained until it memorises its permuted labels ------------------------
@@ -282,8 +395,9 @@ def run_sanity_checks(
     threads: int | None = None,
 ) -> pd.DataFrame:
     """Maps of ``n_images`` test images by ``primary`` and by each changed model; a long table
-    of per-image similarities to the primary's maps (``table_out``, CSV) and, for the first
-    ``figure_images`` images, every map set (``maps_out``, Zarr, dims stage/sample/channel/y/x).
+    of per-image similarities to the primary's maps (``table_out``, CSV; with sMPRT's rows, and
+    eMPRT's complexities in their own columns) and, for the first ``figure_images`` images, every
+    plain map set (``maps_out``, Zarr, dims stage/sample/channel/y/x).
     """
     seed = int(cfg["seed"])
     stage = Stage(
@@ -298,7 +412,10 @@ def run_sanity_checks(
     images = torch.from_numpy(ds["image"].values[ids]).to(device)
     labels = torch.from_numpy(ds["label"].values[ids].astype(np.int64)).to(device)
     model = load_model(weights_path, device)
-    pass_size = resolve_pass_size(saliency_cfg["pass_size"], model, images.shape[1:])
+    # the job's rows bound the measuring of pass_size: auto (a tenth of the work, not seconds)
+    map_sets = len(weight_layers(model)) + 4  # trained, each layer step, labels, shift, eMPRT
+    rows = len(ids) * map_sets * build_method(method, model, method_params, 1).gradient_evaluations
+    pass_size = resolve_pass_size(saliency_cfg["pass_size"], model, images.shape[1:], max_rows=rows)
 
     def maps_of(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         engine = build_method(method, net.eval(), method_params, pass_size)
@@ -325,21 +442,37 @@ def run_sanity_checks(
         )
         log.info("%s %s: input shifted by %g", primary, method, shift)
 
+    def keys(test: str, layer: str, step: int) -> dict:
+        return {"primary": primary, "method": method, "test": test, "layer": layer, "step": step}
+
+    def explain(net: nn.Module, inputs: torch.Tensor) -> np.ndarray:
+        return maps_of(net, inputs, targets)
+
     rows = []
     for test, layer, step, maps in stages[1:]:
-        scores = similarities(reference, maps)
-        for i, sample in enumerate(ids):
-            rows.append(
-                {
-                    "primary": primary,
-                    "method": method,
-                    "test": test,
-                    "layer": layer,
-                    "step": step,
-                    "sample": int(sample),
-                    **{name: float(values[i]) for name, values in scores.items()},
-                }
+        rows += table_rows(keys(test, layer, step), ids, similarities(reference, maps))
+    smooth = cfg["smooth_randomisation"]
+    if smooth["enabled"]:
+        ladder = smooth_randomisation(
+            explain,
+            model,
+            images,
+            mode=mode,
+            seed=seed,
+            n_samples=int(smooth["n_samples"]),
+            noise_level=float(smooth["noise_level"]),
+        )
+        for layer, step, scores in ladder:
+            rows += table_rows(keys(f"{SMOOTH_PREFIX}randomised_{mode}", layer, step), ids, scores)
+            log.info(
+                "%s %s: smooth %s randomisation, step %d (%s)", primary, method, mode, step, layer
             )
+    efficient = cfg["efficient_randomisation"]
+    if efficient["enabled"]:
+        randomised = explain(fully_randomised_model(model, seed), images)
+        scores = complexity_scores(reference, randomised, int(efficient["bins"]))
+        rows += table_rows(keys(EFFICIENT, EVERY_LAYER, len(weight_layers(model))), ids, scores)
+        log.info("%s %s: efficient randomisation (every layer)", primary, method)
     table = pd.DataFrame(rows)
     record = stage.finish(n_images=len(ids), stages=len(stages))
 
@@ -385,27 +518,38 @@ def run_sanity_checks(
 def summarise(
     tables: list[pd.DataFrame], random_labels: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """Median and interquartile range of every similarity per (primary, method, test, step);
-    with ``random_labels`` (:func:`random_label_summary`), the ``random_labels`` rows also carry
-    their copy's epochs, train accuracy reached, target and test accuracy (``copy_*``)."""
+    """Median and interquartile range of every similarity (and, on eMPRT's rows, complexity)
+    per (primary, method, test, step); with ``random_labels`` (:func:`random_label_summary`), the
+    ``random_labels`` rows also carry their copy's epochs, train accuracy reached, target and
+    test accuracy (``copy_*``)."""
     data = pd.concat(tables, ignore_index=True)
     keys = ["primary", "method", "test", "step", "layer"]
-    grouped = data.groupby(keys, sort=False)[list(SIMILARITIES)]
+    scores = [name for name in (*SIMILARITIES, *COMPLEXITIES) if name in data]
+    grouped = data.groupby(keys, sort=False)[scores]
     out = grouped.median().add_suffix("_median")
     q1, q3 = grouped.quantile(0.25), grouped.quantile(0.75)
-    for name in SIMILARITIES:
+    for name in scores:
         out[f"{name}_q1"], out[f"{name}_q3"] = q1[name], q3[name]
     out["n_images"] = grouped.size()
     # a constant map (e.g. Grad-CAM of a randomised layer whose ReLU is off everywhere) has no
-    # rank correlation: counted here, left out of the medians
+    # rank correlation (nor, as the trained map, a complexity ratio): counted here, left out of
+    # the medians
     out["n_undefined"] = (
-        data["spearman_abs"].isna().groupby([data[k] for k in keys], sort=False).sum()
+        headline_scores(data).isna().groupby([data[k] for k in keys], sort=False).sum()
     )
     out = out.reset_index()
     if random_labels is not None and len(random_labels):
         copies = random_labels.assign(test="random_labels")
         out = out.merge(copies, on=["primary", "test"], how="left", validate="many_to_one")
     return out
+
+
+def headline_scores(data: pd.DataFrame) -> pd.Series:
+    """The score a row of the long table is reported by: the Spearman rank correlation of
+    |map|, and on eMPRT's rows the complexity ratio."""
+    if "complexity_ratio" not in data:
+        return data["spearman_abs"]
+    return data["spearman_abs"].where(data["test"] != EFFICIENT, data["complexity_ratio"])
 
 
 def _copy_lines(summary: pd.DataFrame) -> list[str]:
@@ -463,17 +607,96 @@ def _undefined_lines(summary: pd.DataFrame) -> list[str]:
     if "n_undefined" not in summary:
         return []
     rows = summary[summary["n_undefined"] > 0]
+    what = {EFFICIENT: "trained maps constant (no complexity ratio"}
     return [
         f"\n- {r.primary} {SHORT_NAMES.get(r.method, r.method)}, {r.test} step {r.step} "
-        f"({r.layer}): {r.n_undefined} of {r.n_images} maps constant (no rank correlation; "
+        f"({r.layer}): {r.n_undefined} of {r.n_images} "
+        f"{what.get(r.test, 'maps constant (no rank correlation')}; "
         "the median is over the others)\n"
         for r in rows.itertuples()
     ]
 
 
+SMOOTH_NOTE = (
+    "Hedström et al. (2023)'s smooth MPRT (Quantus' `SmoothMPRT`): the same ladder and median "
+    "Spearman of |map|, but every map, of the trained and of each randomised model, is the mean "
+    "of the method's maps over `sanity_checks.smooth_randomisation.n_samples` copies of the "
+    "image, all but one with Gaussian noise (std `noise_level` x the image's range; the same "
+    "copies for every model). Noisy maps differ between any two models by their noise alone, "
+    "which the plain ladder counts as a pass; averaged, what remains is how much of the maps' "
+    "structure the randomised weights change.\n\n"
+)
+
+EFFICIENT_NOTE = (
+    "Hedström et al. (2023)'s efficient MPRT (Quantus' `EfficientMPRT`), per image: the "
+    "complexity of the map of the fully randomised model (every weight layer re-initialised, "
+    "as at the cascade's last step) divided by that of the trained model's map. Complexity is "
+    "Quantus' default, the discrete entropy (nats) of the histogram of |map| in "
+    "`sanity_checks.efficient_randomisation.bins` equal-width bins over the map's range. Above "
+    "1, the maps lose their structure when the weights are randomised: the method passes; at "
+    "or below 1 it fails (Quantus reports the ratio - 1).\n\n"
+)
+
+
+def _ladder_section(primary: str, test: str, block: pd.DataFrame) -> str:
+    """One primary's ladder, plain or smooth (sMPRT): the median Spearman of |map| per method
+    (rows) and step (columns)."""
+    smooth = test.startswith(SMOOTH_PREFIX)
+    mode = test.removeprefix(SMOOTH_PREFIX).removeprefix("randomised_")
+    title = f"{'smooth ' if smooth else ''}{mode} parameter randomisation"
+    title += " (sMPRT)" if smooth else ""
+    block = block.assign(
+        column=[f"{k}: {layer}" for k, layer in zip(block["step"], block["layer"], strict=True)]
+    )
+    matrix = block.pivot_table(
+        index="method", columns="column", values="spearman_abs_median", sort=False
+    )
+    matrix.index = [SHORT_NAMES.get(m, m) for m in matrix.index]
+    return (
+        f"\n## {primary}: {title}, top layer first\n\n"
+        + (SMOOTH_NOTE if smooth else "")
+        + matrix.to_markdown(floatfmt=".3f")
+        + "\n"
+    )
+
+
+def _passes(ratio: float) -> str:
+    """eMPRT's verdict on a median complexity ratio."""
+    if pd.isna(ratio):
+        return "undefined"
+    return "yes" if ratio > 1 else "**no**"
+
+
+def _efficient_lines(summary: pd.DataFrame) -> list[str]:
+    """eMPRT's section: per primary and method, the median complexities, their ratio with its
+    quartiles, and whether the median ratio is above 1."""
+    rows = summary[summary["test"] == EFFICIENT]
+    if rows.empty:
+        return []
+    names = zip(rows["primary"], rows["method"], strict=True)
+    quartiles = zip(rows["complexity_ratio_q1"], rows["complexity_ratio_q3"], strict=True)
+    table = pd.DataFrame(
+        {
+            "": [f"{p} {SHORT_NAMES.get(m, m)}" for p, m in names],
+            "complexity trained": rows["complexity_trained_median"].to_numpy(),
+            "complexity randomised": rows["complexity_randomised_median"].to_numpy(),
+            "ratio": rows["complexity_ratio_median"].to_numpy(),
+            "ratio quartiles": [f"{a:.3f} - {b:.3f}" for a, b in quartiles],
+            "passes (ratio > 1)": [_passes(r) for r in rows["complexity_ratio_median"]],
+        }
+    )
+    return [
+        "\n## Efficient parameter randomisation (eMPRT)\n\n",
+        EFFICIENT_NOTE,
+        "Medians over test images:\n\n",
+        table.to_markdown(index=False, floatfmt=".3f") + "\n",
+    ]
+
+
 def markdown_summary(summary: pd.DataFrame) -> str:
     """The summary in words and tables: per primary, the randomisation ladder (rows: methods,
-    columns: steps); then random labels and the input shift side by side."""
+    columns: steps) and its smooth version (sMPRT); eMPRT's complexity ratios; then random labels
+    and the input shift side by side."""
     parts = [
         "# Sanity checks\n\n",
         "Median over test images of the Spearman rank correlation of |map| between each "
@@ -481,20 +704,12 @@ def markdown_summary(summary: pd.DataFrame) -> str:
         "*passes* a randomisation test when this falls towards 0, and the input-shift test when "
         "it stays at 1. Quartiles, signed Spearman and SSIM are in `sanity_checks.csv`.\n",
     ]
-    ladder = summary[summary["test"].str.startswith("randomised")]
-    for (primary, test), block in ladder.groupby(["primary", "test"], sort=False):
-        mode = test.removeprefix("randomised_")
-        parts.append(f"\n## {primary}: {mode} parameter randomisation, top layer first\n\n")
-        block = block.assign(
-            column=[f"{k}: {layer}" for k, layer in zip(block["step"], block["layer"], strict=True)]
-        )
-        matrix = block.pivot_table(
-            index="method", columns="column", values="spearman_abs_median", sort=False
-        )
-        matrix.index = [SHORT_NAMES.get(m, m) for m in matrix.index]
-        parts.append(matrix.to_markdown(floatfmt=".3f") + "\n")
+    is_ladder = summary["test"].str.startswith(("randomised", SMOOTH_PREFIX))
+    for (primary, test), block in summary[is_ladder].groupby(["primary", "test"], sort=False):
+        parts.append(_ladder_section(primary, test, block))
+    parts.extend(_efficient_lines(summary))
     parts.extend(_undefined_lines(summary))
-    others = summary[~summary["test"].str.startswith("randomised")]
+    others = summary[~is_ladder & (summary["test"] != EFFICIENT)]
     if len(others):
         parts.append("\n## Data randomisation and input invariance\n\n")
         matrix = others.pivot_table(

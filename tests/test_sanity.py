@@ -1,4 +1,5 @@
-"""Sanity checks: parameter randomisation, data randomisation and input invariance."""
+"""Sanity checks: parameter randomisation (plain, smooth and efficient), data randomisation and
+input invariance."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ from saliency_fingerprints.primary import permuted_labels
 from saliency_fingerprints.saliency import build_method
 from saliency_fingerprints.sanity import (
     ShiftedInput,
+    complexity_scores,
+    discrete_entropy,
+    fully_randomised_model,
     markdown_summary,
     randomised_models,
+    similarities,
+    smooth_randomisation,
+    smoothed_maps,
+    smoothing_noise,
     spearman,
     ssim,
     summarise,
@@ -119,6 +127,99 @@ def test_spearman_and_ssim():
     assert (np.abs(spearman(a, b, absolute=True)) < 0.6).all()
 
 
+def grad_maps(net: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """Grad's maps of class 0 (the ``explain`` of the smooth and efficient tests)."""
+    targets = torch.zeros(len(images), dtype=torch.long)
+    method = build_method("grad", net.eval(), {}, 64)
+    return method.attribute(images, targets, list(range(len(images)))).detach().numpy()
+
+
+def smooth_ladder(net, images, **settings) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+    return list(smooth_randomisation(grad_maps, net, images, mode="cascading", **settings))
+
+
+@pytest.mark.parametrize("noise_level", [0.0, 0.5])
+def test_smooth_randomisation_of_one_sample_is_the_plain_test(noise_level):
+    """One copy is the image itself (as in Quantus): sMPRT with n_samples 1 is the plain test."""
+    net, images = model(), torch.rand(6, 1, 8, 8)
+    reference = grad_maps(net, images)
+    plain = [
+        (layer, step, similarities(reference, grad_maps(randomised, images)))
+        for layer, step, randomised in randomised_models(net, "cascading", seed=0)
+    ]
+    smooth = smooth_ladder(net, images, seed=0, n_samples=1, noise_level=noise_level)
+    assert [(layer, step) for layer, step, _ in smooth] == [
+        (layer, step) for layer, step, _ in plain
+    ]
+    for (*_, expected), (*_, got) in zip(plain, smooth, strict=True):
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_smoothing_noise_is_keyed_by_seed_and_draw_and_scaled_per_image():
+    images = np.random.default_rng(0).random((3, 1, 40, 40)).astype(np.float32)
+    images[1] *= 4  # a wider range: noise 4 times as large
+    noise = smoothing_noise(images, 1, 0.1, seed=0)
+    assert noise.shape == images.shape and noise.dtype == np.float32
+    np.testing.assert_array_equal(noise, smoothing_noise(images, 1, 0.1, seed=0))
+    assert not np.array_equal(noise, smoothing_noise(images, 2, 0.1, seed=0))
+    assert not np.array_equal(noise, smoothing_noise(images, 1, 0.1, seed=1))
+    spread = images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3))
+    np.testing.assert_allclose(noise.std(axis=(1, 2, 3)), 0.1 * spread, rtol=0.1)
+
+
+def test_smoothed_maps_average_the_image_and_its_noisy_copies():
+    net, images = model(), torch.rand(4, 1, 8, 8)
+    got = smoothed_maps(grad_maps, net, images, n_samples=3, noise_level=0.2, seed=5)
+    copies = [images] + [
+        images + torch.from_numpy(smoothing_noise(images.numpy(), draw, 0.2, seed=5))
+        for draw in (1, 2)
+    ]
+    expected = np.mean([grad_maps(net, x) for x in copies], axis=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(got, grad_maps(net, images))
+
+
+def test_smooth_randomisation_is_deterministic_for_a_seed():
+    net, images = model(), torch.rand(5, 1, 8, 8)
+    settings = {"n_samples": 3, "noise_level": 0.3}
+    first = smooth_ladder(net, images, seed=2, **settings)
+    again = smooth_ladder(net, images, seed=2, **settings)
+    other = smooth_ladder(net, images, seed=3, **settings)
+    for (*_, a), (*_, b), (*_, c) in zip(first, again, other, strict=True):
+        np.testing.assert_array_equal(a["spearman_abs"], b["spearman_abs"])
+        assert not np.array_equal(a["spearman_abs"], c["spearman_abs"])
+
+
+def test_fully_randomised_model_is_the_cascade_s_last_step():
+    trained = model("miniresnet")
+    full = fully_randomised_model(trained, seed=4)
+    *_, (_, _, last) = randomised_models(trained, "cascading", seed=4)
+    assert sorted(changed_layers(trained, full)) == sorted(weight_layers(trained))
+    assert changed_layers(full, last) == []
+
+
+def test_discrete_entropy_and_the_complexity_ratio():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((4, 1, 8, 8))
+    peaked = np.zeros_like(noise)
+    peaked[:, 0, 3, 4] = 1.0
+    peaked[:, 0, 3, 5] = 0.5
+    assert (discrete_entropy(np.zeros_like(noise), 100) == 0).all()  # a constant map
+    spread = discrete_entropy(noise, 100)
+    assert (spread > 2.5).all() and (spread <= np.log(64)).all()  # 64 pixels in 100 bins
+    assert (discrete_entropy(peaked, 100) < 0.2).all()
+    # the two channels are summed (as |map|) before the histogram
+    two = np.concatenate([noise, -noise], axis=1)
+    np.testing.assert_allclose(discrete_entropy(two, 10), discrete_entropy(noise, 10))
+    same = complexity_scores(noise, noise, 100)
+    np.testing.assert_allclose(same["complexity_ratio"], 1.0)
+    np.testing.assert_allclose(same["complexity_trained"], spread)
+    assert (complexity_scores(peaked, noise, 100)["complexity_ratio"] > 5).all()
+    assert (complexity_scores(noise, peaked, 100)["complexity_ratio"] < 1).all()
+    assert np.isnan(complexity_scores(np.zeros_like(noise), noise, 100)["complexity_ratio"]).all()
+
+
 def test_permuted_labels_keep_the_class_balance():
     labels = np.repeat(np.arange(5), 20)
     permuted = permuted_labels(labels, seed=0)
@@ -173,20 +274,77 @@ def test_summary_and_markdown():
     assert "1 of 4 maps constant" in text
 
 
+def test_summary_and_markdown_of_smooth_and_efficient_randomisation():
+    base = dict(primary="p", method="grad", spearman=0.0, ssim=0.1)
+    rows = [
+        dict(base, test=test, layer="fc", step=1, sample=s, spearman_abs=value)
+        for test, value in [("randomised_cascading", 0.2), ("smooth_randomised_cascading", 0.6)]
+        for s in range(4)
+    ]
+    rows += [
+        dict(
+            primary="p",
+            method=method,
+            test="efficient_randomisation",
+            layer="all",
+            step=1,
+            sample=s,
+            complexity_trained=2.0,
+            complexity_randomised=2.0 * ratio,
+            complexity_ratio=ratio,
+        )
+        for method, ratio in [("grad", 1.5), ("guided_backprop", 0.9)]
+        for s in range(4)
+    ]
+    rows[-1]["complexity_ratio"] = float("nan")  # a constant trained map: no ratio
+    summary = summarise([pd.DataFrame(rows)])
+    efficient = summary[summary["test"] == "efficient_randomisation"].set_index("method")
+    assert efficient.loc["grad", "complexity_ratio_median"] == pytest.approx(1.5)
+    assert efficient.loc["grad", "complexity_randomised_median"] == pytest.approx(3.0)
+    assert list(efficient["n_undefined"]) == [0, 1]
+    assert summary.set_index("test").loc["randomised_cascading", "n_undefined"] == 0
+    text = markdown_summary(summary)
+    assert "## p: cascading parameter randomisation, top layer first" in text
+    assert "## p: smooth cascading parameter randomisation (sMPRT), top layer first" in text
+    assert "Hedström et al. (2023)'s smooth MPRT" in text
+    assert "## Efficient parameter randomisation (eMPRT)" in text
+    assert "| p Grad |" in text and "| yes " in text
+    assert "| p GBP  |" in text and "| **no** " in text
+    assert "3 of 4 trained maps constant (no complexity ratio" not in text
+    assert "1 of 4 trained maps constant (no complexity ratio" in text
+    assert "Data randomisation" not in text  # no random-label or shift rows here
+    smooth = text.split("(sMPRT)")[1]
+    assert "0.600" in smooth and "0.200" not in smooth
+
+
 def test_sanity_outputs_of_the_workflow(tiny_run):
     """The default config's sanity checks: a row per (image, stage), Grad and SmoothGrad pass
-    the input-shift test exactly, and the figures and the labelled map stores exist."""
+    the input-shift test exactly, sMPRT and eMPRT have their rows and sections, and the figures
+    and the labelled map stores exist."""
     results = tiny_run / "results"
     table = pd.read_csv(results / "tables/sanity_checks.csv")
     assert set(table["method"]) == {"grad", "smoothgrad", "integrated_gradients"}
-    assert set(table["test"]) == {"randomised_cascading", "random_labels", "input_shift"}
+    assert set(table["test"]) == {
+        "randomised_cascading",
+        "random_labels",
+        "input_shift",
+        "smooth_randomised_cascading",
+        "efficient_randomisation",
+    }
+    efficient = table[table["test"] == "efficient_randomisation"]
+    assert len(efficient) == 3 and efficient["complexity_ratio_median"].notna().all()
+    assert efficient["spearman_abs_median"].isna().all()
+    text = (results / "tables/sanity_checks.md").read_text()
+    assert "## cnn2-seed0: smooth cascading parameter randomisation (sMPRT)" in text
+    assert "## Efficient parameter randomisation (eMPRT)" in text
     shift = table[table["test"] == "input_shift"].set_index("method")
     assert shift.loc["grad", "spearman_abs_median"] == pytest.approx(1.0)
     assert shift.loc["smoothgrad", "spearman_abs_median"] == pytest.approx(1.0)
     assert shift.loc["integrated_gradients", "spearman_abs_median"] < 0.999
     per_image = pd.read_csv(results / "sanity/grad/cnn2-seed0.csv")
     n_images = per_image["sample"].nunique()
-    assert len(per_image) == n_images * (3 + 2)  # 3 weight layers, random labels, shift
+    # 3 weight layers, random labels, shift; sMPRT's 3 layers; eMPRT
+    assert len(per_image) == n_images * (3 + 2 + 3 + 1)
     store = xr.open_zarr(results / "sanity/grad/cnn2-seed0.zarr", consolidated=False)
     assert store["maps"].dims == ("stage", "sample", "channel", "y", "x")
     assert list(store["stage"].values)[0] == "trained"
