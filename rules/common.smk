@@ -21,6 +21,7 @@ from saliency_fingerprints.configuration import (
     primary_name,
     parse_tag,
     sanity_primaries,
+    schema_defaults,
     TAG_PATTERN,
     study_experiments,
 )
@@ -138,7 +139,7 @@ def experiment_methods(experiment):
 
 
 def experiment_variants(experiment):
-    return list(config["experiments"][experiment].get("variants", ["original"]))
+    return list(config["experiments"][experiment]["variants"])  # schema default: [original]
 
 
 def secondary_config(experiment):
@@ -153,7 +154,7 @@ def secondary_params(experiment, variants):
     cfg = secondary_config(experiment)
     if all(v == "original" for v in variants):
         cfg.pop("shuffle_seed", None)
-    if float(cfg.get("fit_fraction", 1.0)) == 1.0:  # the default: absent, as before the key
+    if float(cfg["fit_fraction"]) == FIT_FRACTION:  # the default: absent, as before the key
         cfg.pop("fit_fraction", None)
     return canonical(cfg)
 
@@ -196,6 +197,9 @@ def primary_training(tag):
 
 def method_params(method):
     return canonical(config["methods"][method] or {})
+
+
+FIT_FRACTION = schema_defaults("properties", "secondary")["fit_fraction"]
 
 
 # -- paths --------------------------------------------------------------------------------------

@@ -374,7 +374,7 @@ def check_sanity_checks(config: Mapping) -> None:
     if twice:
         raise ConfigError(
             f"sanity_checks.primaries: {', '.join(twice)} listed more than once; "
-            "expected each (architecture, seed) once"
+            "expected each (architecture, seed) once"  # sanity primaries have no data seed
         )
 
 

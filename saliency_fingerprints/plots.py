@@ -78,8 +78,8 @@ def map_grid_rows(
             positions = [int(np.flatnonzero(ds["sample"].values == s)[0]) for s in sample_ids]
             maps = preprocess_maps(
                 ds["maps"].isel(sample=positions).values,
-                preprocess.get("reduce", "abs_sum"),
-                preprocess.get("clip_percentile", 99.0),
+                preprocess["reduce"],
+                preprocess["clip_percentile"],
             )
             for variant in variants:
                 shown = apply_variant(maps, variant, shuffle_seed, primary, sample_ids)
@@ -270,8 +270,9 @@ def plot_paper_figure(
 
 def plot_sanity_curves(*, summary: pd.DataFrame, out: str | Path, dpi: int = 150) -> None:
     """Adebayo et al.'s figure: median Spearman rank correlation of |map| (band: quartiles)
-    with the trained model's maps, as the weight layers are randomised from the top; then the
-    random-label primary and the input shift. One panel per primary, one line per method."""
+    with the trained model's maps, as the weight layers are randomised from the top (dashed: the
+    smooth ladder, sMPRT, where the summary has it); then the random-label primary and the input
+    shift. One panel per primary, one line per method."""
     primaries = list(dict.fromkeys(summary["primary"]))
     fig, axes = plt.subplots(
         1, len(primaries), figsize=(6.5 * len(primaries), 4.2), squeeze=False, sharey=True
@@ -299,6 +300,16 @@ def plot_sanity_curves(*, summary: pd.DataFrame, out: str | Path, dpi: int = 150
                 color=colour,
                 alpha=0.15,
             )
+            smooth = rows[rows["test"].str.startswith("smooth_randomised")].sort_values("step")
+            if len(smooth):
+                ax.plot(
+                    smooth["step"],
+                    smooth["spearman_abs_median"],
+                    "^--",
+                    color=colour,
+                    alpha=0.7,
+                    label=f"{SHORT_NAMES.get(method, method)} (sMPRT)",
+                )
             for offset, test in enumerate(extra, start=len(labels) + 1):
                 point = rows[rows["test"] == test]
                 if point.empty:
@@ -322,7 +333,7 @@ def plot_sanity_curves(*, summary: pd.DataFrame, out: str | Path, dpi: int = 150
         ax.set_title(f"{primary}: {mode} parameter randomisation", fontsize=9)
         ax.set_xlabel("layers re-initialised, top first (then other tests)")
     axes[0, 0].set_ylabel("Spearman of |map| with trained maps")
-    axes[0, -1].legend(fontsize=8, loc="lower left")
+    axes[0, -1].legend(fontsize=8, loc="lower left", ncol=2)
     _save(fig, out, dpi)
 
 

@@ -1,4 +1,5 @@
-"""Primary classifiers: one per (architecture, seed), each on its own seeded training subset.
+"""Primary classifiers: one per (architecture, seed[, data seed, epochs]), each on its own seeded
+training subset.
 
 A primary's seed sets its initial weights, its training subset and its batch order; a separate
 data seed (the init_vs_data study) sets the last two instead, and a training length other than
@@ -103,15 +104,13 @@ def train_primary(
         label_values = label_values.copy()
         label_values[train_ids] = permuted_labels(label_values[train_ids], label_permutation_seed)
     labels = torch.from_numpy(label_values).to(device)
+    name = name or primary_name(architecture, seed)
     torch.manual_seed(seed)  # Glorot init draws from the global generator
     try:
         model = build_model(architecture, info.channels, info.image_size, len(info.classes))
     except ConfigError as err:  # name the primary and the dataset the check failed on
-        raise ConfigError(
-            f"primary {primary_name(architecture, seed)} on {dataset_path}: {err}"
-        ) from None
+        raise ConfigError(f"primary {name} on {dataset_path}: {err}") from None
     model = model.to(device)
-    name = name or primary_name(architecture, seed)
     if label_permutation_seed is not None:
         name += "-random_labels"
     log.info(

@@ -159,7 +159,7 @@ def load_mapset(
 
     Streams each store chunk by chunk: memory holds the preprocessed maps only.
     """
-    pre = cfg.get("preprocess", {})
+    pre = cfg["preprocess"]  # schema-filled; shuffle_seed is absent where no variant shuffles
     xs, ys, samples, targets = [], [], [], []
     for index, (path, primary) in enumerate(zip(paths, primaries, strict=True)):
         ds = open_maps(path)
@@ -187,9 +187,9 @@ def load_mapset(
                     "expected finite maps - delete the store and rerun to recompute it"
                 )
             nonzero = nonzero or bool(np.any(raw))
-            x = preprocess_maps(raw, pre.get("reduce", "abs_sum"), pre.get("clip_percentile", 99.0))
+            x = preprocess_maps(raw, pre["reduce"], pre["clip_percentile"])
             sample = part["sample"].values
-            xs.append(apply_variant(x, variant, int(cfg.get("shuffle_seed", 0)), primary, sample))
+            xs.append(apply_variant(x, variant, cfg.get("shuffle_seed"), primary, sample))
             ys.append(np.full(len(x), index, dtype=np.int64))
             samples.append(sample)
             targets.append(part["target"].values.astype(np.int64))

@@ -58,13 +58,16 @@ def shuffle_pixels(
 
 
 def apply_variant(
-    maps: np.ndarray, variant: str, seed: int, primary: str, sample_ids: np.ndarray
+    maps: np.ndarray, variant: str, seed: int | None, primary: str, sample_ids: np.ndarray
 ) -> np.ndarray:
-    """The maps a secondary of ``variant`` sees."""
+    """The maps a secondary of ``variant`` sees (``seed``: ``secondary.shuffle_seed``, needed by
+    the shuffled variants only)."""
     if variant not in VARIANTS:
         raise ConfigError(f"variant {variant!r} is unknown; expected one of {sorted(VARIANTS)}")
     mode = VARIANTS[variant]
     if mode is None:
         return maps
+    if seed is None:
+        raise ConfigError(f"variant {variant!r} needs secondary.shuffle_seed; got none")
     key = primary_key(primary)
-    return shuffle_pixels(maps, mode, seed, [(key, int(s)) for s in sample_ids])
+    return shuffle_pixels(maps, mode, int(seed), [(key, int(s)) for s in sample_ids])

@@ -117,6 +117,14 @@ SECONDARY_CHECKS = [
             1.5,
             "got 1.5; expected a number <= 1",
         ),
+        ("sanity_checks.smooth_randomisation", "n_samples", 0, "got 0; expected a number >= 1"),
+        (
+            "sanity_checks.smooth_randomisation",
+            "noise_level",
+            -0.1,
+            "got -0.1; expected a number >= 0",
+        ),
+        ("sanity_checks.efficient_randomisation", "bins", 1, "got 1; expected a number >= 2"),
         ("saliency", "pass_size", 0, "got 0; expected a number >= 1"),
         ("saliency", "pass_size", "big", "got 'big'; expected type integer or 'auto'"),
         ("replicates", "n", 0, "got 0; expected a number >= 1"),
@@ -159,6 +167,8 @@ def test_schema_defaults():
         "validation_fraction": 0.2,
         "patience": None,
         "fit_fraction": 1.0,
+        "shuffle_seed": 0,
+        "preprocess": {},  # validation then fills its keys: reduce abs_sum, clip_percentile 99
     }
     assert schema_defaults("properties", "primary_training") == schema_defaults(
         "$defs", "train_defaults"
@@ -202,6 +212,25 @@ def test_validation_fills_the_schema_defaults_of_the_global_blocks_only():
     dataset = schema_defaults("properties", "dataset")
     assert {key: cfg["dataset"][key] for key in dataset} == dataset  # digits: none set
     assert (cfg["saliency"]["dtype"], cfg["saliency"]["tf32"]) == ("float32", False)
+
+
+def test_validation_fills_the_smooth_and_efficient_randomisation_blocks():
+    """sMPRT and eMPRT are on by default, with their settings from the schema alone (the job
+    reads them as cfg[key])."""
+    from snakemake.utils import validate
+
+    cfg = tiny_config()
+    cfg["sanity_checks"].pop("smooth_randomisation", None)
+    cfg["sanity_checks"]["efficient_randomisation"] = {"bins": 20}
+    validate(cfg, str(SCHEMA))
+    assert cfg["sanity_checks"]["smooth_randomisation"] == {
+        "enabled": True,
+        "n_samples": 10,
+        "noise_level": 0.1,
+    }
+    assert cfg["sanity_checks"]["efficient_randomisation"] == {"enabled": True, "bins": 20}
+    sanity = ("properties", "sanity_checks", "properties")
+    assert schema_defaults(*sanity, "efficient_randomisation") == {"enabled": True, "bins": 100}
 
 
 def test_deep_merge_leaves_its_inputs_alone():

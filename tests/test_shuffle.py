@@ -60,5 +60,9 @@ def test_variants():
     assert not np.array_equal(a, b)  # every map of every primary gets its own permutation
     with pytest.raises(ConfigError, match="variant 'rotated' is unknown"):
         apply_variant(x, "rotated", 0, "p", ids)
+    # original maps need no shuffle seed (it is left out of their params); shuffled ones do
+    assert apply_variant(x, "original", None, "cnn2-seed0", ids) is x
+    with pytest.raises(ConfigError, match="needs secondary.shuffle_seed"):
+        apply_variant(x, "shuffled_fixed", None, "cnn2-seed0", ids)
     with pytest.raises(ConfigError, match="shuffle mode"):
         permutations("columns", 4, 0, [(0, 1)])

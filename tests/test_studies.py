@@ -362,14 +362,14 @@ def test_default_studies_plan_without_cluttering_table_1(tmp_path):
     with_studies = planned_jobs(tmp_path / "b", cfg)
     # n_primaries and learning_curve use two_cnn2's primaries and grad maps (nothing new);
     # init_vs_data adds 2 primaries (seed 1 on seed 0's data, the reverse), training_length 4
-    # (seeds 0, 1 after 0 and 15 epochs: the tiny config's 3 epochs are the plain ones), each
-    # with its grad maps. Study experiments with one method each: n_primaries 2 (k = 2 is also
-    # init_vs_data's "both"), learning_curve 1 (1.0 is two_cnn2), init_vs_data 2,
-    # training_length 2.
+    # (seeds 0, 1 after 0 and 15 epochs: the tiny config trains 3, so 15 is not the plain
+    # primaries here), each with its grad maps. Study experiments with one method each:
+    # n_primaries 2 (k = 2 is also init_vs_data's "both"), learning_curve 1 (1.0 is two_cnn2),
+    # init_vs_data 2, training_length 2.
     assert with_studies["train_primary"] == without["train_primary"] + 6
     assert with_studies["compute_saliency"] == without["compute_saliency"] + 6
-    assert with_studies["train_secondary"] == without["train_secondary"] + 6
-    assert with_studies["cross_evaluate"] == without["cross_evaluate"] + 6
+    assert with_studies["train_secondary"] == without["train_secondary"] + 7
+    assert with_studies["cross_evaluate"] == without["cross_evaluate"] + 7
     assert with_studies["study_table"] == 4
     for rule in ("plot_heatmap", "plot_map_grid", "combine_tables"):
         assert with_studies[rule] == without[rule]
