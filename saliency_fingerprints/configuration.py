@@ -197,12 +197,12 @@ def primary_tag(data_seed: int | None = None, epochs: int | None = None) -> str:
     )
 
 
-TAG_PATTERN = r"(-data\d+)?(-epoch\d+)?"  # the ``tag`` wildcard of the rules
+TAG_PATTERN = r"(?:-data(\d+))?(?:-epoch(\d+))?"  # the ``tag`` wildcard of the rules
 
 
 def parse_tag(tag: str) -> tuple[int | None, int | None]:
     """(data_seed, epochs) of a :func:`primary_tag`."""
-    match = re.fullmatch(r"(?:-data(\d+))?(?:-epoch(\d+))?", tag)
+    match = re.fullmatch(TAG_PATTERN, tag)
     if match is None:
         raise ConfigError(f"primary tag {tag!r}: expected -data<seed> and/or -epoch<epochs>")
     return tuple(None if g is None else int(g) for g in match.groups())
@@ -252,11 +252,16 @@ def make_primary(
 ) -> Primary:
     """A :class:`Primary` in its one canonical form: a data seed equal to the initialisation
     seed, or a length equal to ``primary_training.epochs``, is the default (None)."""
-    data_seed = None if data_seed is None or int(data_seed) == int(seed) else int(data_seed)
+    if data_seed is not None and int(data_seed) == int(seed):
+        data_seed = None
     if epochs is not None and default_epochs is not None and int(epochs) == int(default_epochs):
         epochs = None
-    epochs = None if epochs is None else int(epochs)
-    return Primary(architecture, int(seed), data_seed, epochs)
+    return Primary(
+        architecture,
+        int(seed),
+        None if data_seed is None else int(data_seed),
+        None if epochs is None else int(epochs),
+    )
 
 
 def listed_primaries(groups: Iterable[Mapping], default_epochs: int | None = None) -> list[Primary]:

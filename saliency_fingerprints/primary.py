@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .models import build_model
 from .stacked import train_models
 from .stage import Stage
-from .training import TrainSettings, predict, save_model
+from .training import TrainSettings, accuracy, predict, save_model
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,11 @@ def untrained_record(
     test_idx: torch.Tensor,
 ) -> dict:
     """The history record of a model trained for 0 epochs: its accuracies at initialisation."""
-
-    def accuracy(idx):
-        return float((predict(model, images[idx]) == labels[idx]).float().mean())
-
-    return {"epoch": 0, "train_accuracy": accuracy(train_idx), "test_accuracy": accuracy(test_idx)}
+    return {
+        "epoch": 0,
+        "train_accuracy": accuracy(model, images[train_idx], labels[train_idx]),
+        "test_accuracy": accuracy(model, images[test_idx], labels[test_idx]),
+    }
 
 
 def class_counts(values: np.ndarray, classes: list[str]) -> dict[str, int]:
