@@ -336,17 +336,18 @@ def input_agnostic_map(
         _check_label(model, samples, label)
         eta = settings.radius(samples.shape[1:])
         layer = activation_layer(model, samples[:1])
-        nu = torch.zeros_like(samples[0])
+        target = torch.tensor([label], dtype=torch.long, device=device)
+        nu = torch.zeros_like(samples[:1])  # one row of the batched search and refinement
         for cycle in range(settings.cycles):
-            nu = _search(model, samples, label, settings, eta, nu, generator)
+            nu = _search_many(model, samples, target, settings, eta, nu, [generator])
             if on_stage is not None:
-                on_stage(cycle, "search", nu.detach().clone())
-            nu = _refine(model, layer, samples, label, settings, eta, nu, generator)
+                on_stage(cycle, "search", nu[0].detach().clone())
+            nu = _refine_many(model, layer, samples, target, settings, eta, nu, [generator])
             if on_stage is not None:
-                on_stage(cycle, "refine", nu.detach().clone())
+                on_stage(cycle, "refine", nu[0].detach().clone())
     finally:
         model.train(was_training)
-    return nu.detach()
+    return nu[0].detach()
 
 
 def map_diagnostics(
@@ -432,83 +433,6 @@ def class_maps(
 
 
 # --- the two stages -----------------------------------------------------------------------
-
-
-def _search(
-    model: nn.Module,
-    samples: torch.Tensor,
-    label: int,
-    settings: AgnosticSettings,
-    eta: float,
-    seed_map: torch.Tensor,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Algorithm 1 from the seed map (moments start at zero)."""
-    b = settings.batch_size
-    beta1, beta2 = settings.beta1, settings.beta2
-    target = torch.full((b,), label, dtype=torch.long, device=samples.device)
-    nu = seed_map.detach().clone()
-    mu = torch.zeros_like(nu)
-    sigma = torch.zeros_like(nu)
-    for k in range(1, settings.iterations + 1):
-        batch = _draw(samples, b, generator)
-        nudged = _clip(batch - nu, settings).requires_grad_(True)
-        # sum over the minibatch, then / b: the mean per-sample gradient E_i[grad J_i] (line 4)
-        loss = F.cross_entropy(model(nudged), target, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, nudged)
-        x = grad.sum(dim=0) / b
-        mu = beta1 * mu + (1 - beta1) * x
-        sigma = beta2 * sigma + (1 - beta2) * x * x
-        v = (mu / (1 - beta1**k)) / (torch.sqrt(sigma / (1 - beta2**k)) + settings.adam_eps)
-        v_norm = float(torch.linalg.vector_norm(v))
-        if v_norm == 0.0:  # no gradient signal at all: nothing to integrate this iteration
-            continue
-        unit = v / v_norm
-        with torch.no_grad():
-            plus_set = _clip(batch - (nu + unit), settings)  # I+ (line 8)
-            minus_set = _clip(batch - (nu - unit), settings)  # I- (line 9)
-            hits = model(torch.cat([plus_set, minus_set])).argmax(dim=1) == label
-            plus, minus = int(hits[:b].sum()), int(hits[b:].sum())
-        nu = nu + v if plus >= minus else nu - v
-        nu = project_l2(nu, eta)
-    return nu
-
-
-def _refine(
-    model: nn.Module,
-    layer: nn.Module,
-    samples: torch.Tensor,
-    label: int,
-    settings: AgnosticSettings,
-    eta: float,
-    seed_map: torch.Tensor,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Eq. 2 with Adam, then clip the map and project it onto the eta ball."""
-    nu = seed_map.detach().clone().requires_grad_(True)
-    if settings.refine_iterations > 0:
-        optimiser = torch.optim.Adam(
-            [nu],
-            lr=settings.refine_lr,
-            betas=(settings.beta1, settings.beta2),
-            eps=settings.adam_eps,
-        )
-        target = torch.full((settings.batch_size,), label, dtype=torch.long, device=samples.device)
-        xi = None if settings.recompute_xi else activation_weights(model, layer, nu)
-        for _ in range(settings.refine_iterations):
-            if settings.recompute_xi or xi is None:
-                xi = activation_weights(model, layer, nu)
-            batch = _draw(samples, settings.batch_size, generator)
-            loss = F.cross_entropy(model(_clip(batch - nu, settings)), target)
-            loss = loss + settings.lam * (nu * (1 - xi)).abs().mean()
-            (grad,) = torch.autograd.grad(loss, nu)
-            nu.grad = grad
-            optimiser.step()
-            nu.grad = None
-    span = settings.clip_max - settings.clip_min
-    with torch.no_grad():
-        refined = nu.detach().clamp(-span, span)
-    return project_l2(refined, eta)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -690,7 +614,9 @@ def _search_many(
     seed_maps: torch.Tensor,
     generators: Sequence[torch.Generator],
 ) -> torch.Tensor:
-    """:func:`_search` for every row of ``seed_maps`` at once."""
+    """Algorithm 1 from each row of ``seed_maps`` (moments start at zero), all rows at once: the
+    mean per-sample gradient of each map's minibatch (line 4), Adam-like moments, the sign test
+    between +v and -v (lines 8-9) and the projection onto the eta ball, per map."""
     n, b = len(target), settings.batch_size
     beta1, beta2 = settings.beta1, settings.beta2
     shape = samples.shape[1:]
@@ -759,8 +685,9 @@ def _refine_many(
     seed_maps: torch.Tensor,
     generators: Sequence[torch.Generator],
 ) -> torch.Tensor:
-    """:func:`_refine` for every row of ``seed_maps`` at once: the sum of the maps' own losses,
-    so each map's gradient is its own loss's."""
+    """Eq. 2 with Adam for every row of ``seed_maps`` at once (the sum of the maps' own losses,
+    so each map's gradient is its own loss's), then clip each map and project it onto the eta
+    ball."""
     n, b = len(target), settings.batch_size
     shape = samples.shape[1:]
     nu = seed_maps.detach().clone().requires_grad_(True)
