@@ -321,30 +321,9 @@ def test_sigkill_mid_write_resumes_bitwise(primary, tmp_path):
     killed_at = done_chunks(partial)
     assert 2 <= killed_at < 50
 
-    dataset_path, weights_path = primary
-    compute_saliency_maps(
-        dataset_path=dataset_path,
-        weights_path=weights_path,
-        out=out,
-        method="smoothgrad",
-        method_params=params,
-        cfg=saliency,
-        primary="cnn2-seed0",
-        device=CPU,
-        threads=1,
-    )
+    compute(primary, out, method_params=params, saliency=saliency)
     reference = tmp_path / "reference.zarr"
-    compute_saliency_maps(
-        dataset_path=dataset_path,
-        weights_path=weights_path,
-        out=reference,
-        method="smoothgrad",
-        method_params=params,
-        cfg=saliency,
-        primary="cnn2-seed0",
-        device=CPU,
-        threads=1,
-    )
+    compute(primary, reference, method_params=params, saliency=saliency)
     assert_same_maps(out, reference)
     assert leftovers(tmp_path) == []
 
