@@ -126,8 +126,23 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
         ) from None
 
 
+def variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its fixed-length text arrays (numpy ``<U``) as variable-length strings.
+
+    Zarr v3 has no specification for fixed-length UTF-32 (zarr-python warns that such arrays
+    may become unreadable); variable-length UTF-8 strings have one. Readers get object arrays of
+    ``str``, which compare, index and ``astype`` like the fixed-length ones."""
+    text = [name for name, var in ds.variables.items() if var.dtype.kind == "U"]
+    if not text:
+        return ds
+    return ds.assign(
+        {name: ds[name].astype(object) for name in text if name in ds.data_vars}
+    ).assign_coords({name: ds[name].astype(object) for name in text if name in ds.coords})
+
+
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike, chunks: dict | None = None) -> None:
     """Write an in-memory dataset atomically (chunk sizes per variable in ``chunks``)."""
+    ds = variable_length_strings(ds)
     encoding = {}
     for name, size in (chunks or {}).items():
         var = ds[name]
@@ -207,7 +222,9 @@ class ChunkedMapWriter:
                 pass
             remove_path(self.partial)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        skeleton = xr.Dataset(data_vars=data_vars, coords=coords, attrs=attrs)
+        skeleton = variable_length_strings(
+            xr.Dataset(data_vars=data_vars, coords=coords, attrs=attrs)
+        )
         skeleton.to_zarr(self.partial, mode="w", consolidated=False, zarr_format=3)
         self.group = zarr.open_group(self.partial, mode="r+", zarr_format=3)
         self.array = self.group.create_array(

@@ -40,3 +40,38 @@ def test_store_root_and_empty_store_folders(tmp_path):
     (finished / "zarr.json").write_text("{}")
     remove_empty_store_folders([str(store / "zarr.json"), str(finished / "zarr.json")])
     assert not store.exists() and (finished / "zarr.json").exists()
+
+
+def test_text_coordinates_are_written_as_variable_length_strings(tmp_path):
+    """Fixed-length UTF-32 text has no Zarr v3 specification (zarr warns that such stores may
+    become unreadable); the writers store variable-length strings, which read back equal."""
+    import numpy as np
+
+    from saliency_fingerprints.store import ChunkedMapWriter, open_store, write_dataset
+
+    split = np.array(["train", "test", "train"], dtype="<U5")
+    ds = xr.Dataset(
+        {"label": ("sample", np.array(["a", "bb", "a"]))},
+        coords={"sample": np.arange(3), "split": ("sample", split)},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_dataset(ds, tmp_path / "table.zarr")
+        with ChunkedMapWriter(
+            tmp_path / "maps.zarr",
+            shape=(3, 1, 2, 2),
+            chunk_size=2,
+            coords={"sample": np.arange(3), "split": ("sample", split)},
+            attrs={},
+            fingerprint="f",
+            data_vars={"note": ("sample", np.full(3, "", dtype="<U4"))},
+        ) as writer:
+            for index, start, stop in [(0, 0, 2), (1, 2, 3)]:
+                note = np.array(["x", "yyyy", "z"], dtype="<U4")[start:stop]
+                writer.write_chunk(index, np.zeros((stop - start, 1, 2, 2)), {"note": note})
+        table, maps = open_store(tmp_path / "table.zarr"), open_store(tmp_path / "maps.zarr")
+        assert list(table["split"].values) == list(split)
+        assert list(table["label"].values) == ["a", "bb", "a"]
+        assert list(maps["split"].values) == list(split)
+        assert list(maps["note"].values) == ["x", "yyyy", "z"]
+        assert (maps["split"].values == "train").tolist() == [True, False, True]
