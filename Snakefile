@@ -3,6 +3,7 @@
 #   dataset -> primaries (architecture x seed) -> saliency maps (method x primary, Zarr)
 #           -> secondaries (experiment x method x variant) -> cross-evaluation -> tables, figures
 #   primaries -> sanity checks (parameter / label randomisation, input shift) -> tables, figures
+#   primaries -> backdoored copies -> input-agnostic class maps -> trigger localisation table
 #
 # `snakemake --cores all` runs config/config.yaml (embedded digits). A preset replaces it:
 # `snakemake --cores all --configfile config/cifar10-cpu.yaml`.
@@ -34,6 +35,7 @@ include: "rules/paper.smk"
 include: "rules/sanity.smk"
 include: "rules/diagnostics.smk"
 include: "rules/studies.smk"
+include: "rules/backdoor.smk"
 
 
 rule all:

@@ -6,7 +6,10 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from saliency_fingerprints.configuration import (
+    backdoor_enabled,
+    backdoor_primaries,
     canonical,
+    check_backdoor,
     check_dataset_files,
     check_experiments,
     check_results_writable,
@@ -40,6 +43,7 @@ try:
     STUDIES = expand_studies(config)  # studies -> experiments (study-<study>-<level>)
     check_experiments(config)
     check_sanity_checks(config)
+    check_backdoor(config)
     check_results_writable(config["results"])
     check_dataset_files(config["dataset"])
 except ConfigError as error:
@@ -281,6 +285,8 @@ def final_outputs():
     outputs += paper_outputs()
     # sanity checks of the methods, when config key sanity_checks lists primaries (sanity.smk)
     outputs += sanity_outputs()
+    # the backdoor experiment, when config key backdoor is present and enabled (backdoor.smk)
+    outputs += backdoor_outputs()
     # studies (config key studies): a table and a figure each (studies.smk)
     for study in STUDIES:
         outputs += [

@@ -383,6 +383,31 @@ def check_sanity_checks(config: Mapping) -> None:
         )
 
 
+def backdoor_enabled(config: Mapping) -> bool:
+    """Whether the backdoor experiment runs: a ``backdoor`` block without ``enabled: false``."""
+    block = config.get("backdoor")
+    return bool(block) and block.get("enabled", True)
+
+
+def backdoor_primaries(config: Mapping) -> list[Primary]:
+    """The primaries that get a backdoored copy; empty when the experiment is off."""
+    if not backdoor_enabled(config):
+        return []
+    return listed_primaries(config["backdoor"]["primaries"])
+
+
+def check_backdoor(config: Mapping) -> None:
+    """Each backdoor primary once (the schema checks the seeds of one entry, not across
+    entries)."""
+    pairs = backdoor_primaries(config)
+    twice = sorted({p.name for p in pairs if pairs.count(p) > 1})
+    if twice:
+        raise ConfigError(
+            f"backdoor.primaries: {', '.join(twice)} listed more than once; "
+            "expected each (architecture, seed) once"
+        )
+
+
 def check_results_writable(results: str | Path) -> None:
     """Raise :class:`ConfigError` if ``results`` cannot be created or written (nothing is
     created by the check)."""

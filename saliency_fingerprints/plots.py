@@ -455,3 +455,119 @@ def plot_study(
     ax.legend(fontsize=7, loc="best")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, out, dpi)
+
+
+# -- backdoor ------------------------------------------------------------------------------------
+
+
+def plot_backdoor(
+    *,
+    stores: list[str | Path],
+    dataset: str | Path,
+    metrics: list[str | Path],
+    trigger_cfg: dict,
+    target_class: int,
+    out: str | Path,
+    cmap: str = "magma",
+    dpi: int = 150,
+) -> None:
+    """Akhtar & Jalwana's Fig. 4 for our primaries: per primary a row of its clean and a row of
+    its backdoored version, one column per class with the mean over draws of the channel-summed
+    |input-agnostic map| (each cell scaled to its own maximum; the trigger patch outlined, the
+    maps' mean localisation score below); in front, the trigger and a stamped test image.
+    ``stores``: :func:`~saliency_fingerprints.backdoor.backdoor_class_maps` stores."""
+    import json
+
+    from matplotlib.patches import Rectangle
+
+    from .backdoor import KINDS, Trigger, localisation_scores, mean_abs_maps, stamp
+    from .datasets import open_dataset
+
+    records = {}
+    for path in metrics:
+        record = json.loads(Path(path).read_text())
+        records[record["clean_primary"]["primary"]] = record
+    opened = [open_store(p) for p in stores]
+    opened.sort(key=lambda s: (s.attrs["primary"], KINDS.index(s.attrs["kind"])))
+    settings = next(iter(records.values()))["backdoor"]["trigger"]
+    trigger = Trigger.from_config(trigger_cfg, settings["low"], settings["high"])
+    ds, info = open_dataset(dataset)
+    side = info.image_size
+    mask = trigger.mask(side, side)
+    rows, cols = trigger.box(side, side)
+    split, labels = ds["split"].values, ds["label"].values
+    example = int(np.flatnonzero((split == "test") & (labels != target_class))[0])
+    stamped = stamp(np.asarray(ds["image"].isel(sample=example).values), trigger)
+    canvas = stamp(np.full((info.channels, side, side), trigger.low, dtype=np.float32), trigger)
+    classes = [int(c) for c in opened[0]["class"].values]
+    names = [str(n) for n in opened[0]["class_name"].values]
+    fig, axes = plt.subplots(
+        len(opened),
+        len(classes) + 1,
+        figsize=(1.05 * (len(classes) + 1) + 1.6, 1.15 * len(opened) + 0.9),
+        squeeze=False,
+    )
+
+    def show_image(ax, image: np.ndarray, title: str) -> None:
+        shown = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        ax.imshow(np.clip(shown, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=6)
+
+    for r, store in enumerate(opened):
+        primary, kind = store.attrs["primary"], store.attrs["kind"]
+        record = records[primary]
+        if kind == "clean":
+            show_image(axes[r, 0], canvas, "trigger")
+            rate = record["clean_primary"]["attack_success_rate"]
+        else:
+            show_image(axes[r, 0], stamped, f"stamped #{example}")
+            rate = record["attack_success_rate"]
+        axes[r, 0].set_ylabel(
+            f"{primary}\n{kind}\nattack {rate:.2f}",
+            rotation=0,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
+        means = mean_abs_maps(store)
+        scores = localisation_scores(store["maps"].values, mask).mean(axis=1)
+        for c, label in enumerate(classes):
+            ax = axes[r, c + 1]
+            peak = float(means[c].max())
+            ax.imshow(
+                means[c] / peak if peak > 0 else means[c],
+                cmap=cmap,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
+            ax.add_patch(
+                Rectangle(
+                    (cols.start - 0.5, rows.start - 0.5),
+                    trigger.size,
+                    trigger.size,
+                    fill=False,
+                    edgecolor="cyan",
+                    linewidth=0.8,
+                    clip_on=False,  # the patch sits at the image's edge: drawn over the frame
+                    zorder=5,
+                )
+            )
+            ax.set_xlabel(f"{scores[c]:.2f}", fontsize=6)
+            if r == 0:
+                is_target = label == target_class
+                ax.set_title(
+                    names[c] + ("\n(target)" if is_target else ""),
+                    fontsize=7,
+                    color="red" if is_target else "black",
+                )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        f"Backdoor trigger ({trigger.describe()}, target class {names[target_class]}): mean "
+        f"|input-agnostic map| per class over {store.sizes['draw']} draws; below each: "
+        f"localisation score (1 = none, {1 / mask.mean():.1f} = all in the patch)",
+        fontsize=7,
+    )
+    _save(fig, out, dpi)

@@ -10,6 +10,7 @@ is the epoch-e checkpoint of the same primary trained longer (tests/test_primary
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +36,21 @@ def training_subset(train_ids: np.ndarray, fraction: float, seed: int) -> np.nda
 
 def untrained_record(
     model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    train_idx: torch.Tensor,
-    test_idx: torch.Tensor,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
 ) -> dict:
     """The history record of a model trained for 0 epochs: its accuracies at initialisation."""
     return {
         "epoch": 0,
-        "train_accuracy": accuracy(model, images[train_idx], labels[train_idx]),
-        "test_accuracy": accuracy(model, images[test_idx], labels[test_idx]),
+        "train_accuracy": accuracy(model, train_images, train_labels),
+        "test_accuracy": accuracy(model, test_images, test_labels),
     }
+
+
+TrainingTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``(images, labels) -> (images, labels)`` of a primary's training subset (same length)."""
 
 
 def class_counts(values: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -70,26 +75,28 @@ def train_primary(
     metrics_out: str | Path,
     device: torch.device,
     threads: int | None = None,
-    label_permutation_seed: int | None = None,
     stop_at_train_accuracy: float | None = None,
     data_seed: int | None = None,
     name: str | None = None,
+    training_transform: TrainingTransform | None = None,
 ) -> dict:
     """Train the primary ``architecture``-seed``seed`` on its own subset of the training split.
 
-    With ``label_permutation_seed`` its training labels are randomly permuted first (the data
-    randomisation sanity check of Adebayo et al., 2018); it is then named ``...-random_labels``.
     With ``stop_at_train_accuracy`` training stops at the first epoch whose train accuracy reaches
     it (``cfg["epochs"]`` is then a cap); the metrics say whether it did. ``data_seed`` (None:
     ``seed``) sets the training subset and batch order; ``seed`` the initial weights.
     ``cfg["epochs"]`` 0 saves the untrained model. ``name`` (default ``<architecture>-seed<seed>``)
-    names it in logs and metrics.
+    names it in logs and metrics. ``training_transform`` (None: the training subset as it is)
+    maps the subset's ``(images, labels)`` tensors to the ones the model trains on, of the same
+    length, so the batch order stays the primary's (the data randomisation test's permuted
+    labels, :func:`permuted_labels`; the backdoor experiment's poisoning,
+    :mod:`~saliency_fingerprints.backdoor`); test images are never transformed. Its caller
+    states what it did in the metrics' ``labels`` (default ``original``).
     """
     data = seed if data_seed is None else int(data_seed)
     config = {"architecture": architecture, "seed": seed}
     if data_seed is not None:
         config["data_seed"] = data
-    config["label_permutation_seed"] = label_permutation_seed
     if stop_at_train_accuracy is not None:
         config["target_train_accuracy"] = stop_at_train_accuracy
     stage = Stage("train_primary", {**config, **cfg}, device, seed=seed, threads=threads)
@@ -100,9 +107,6 @@ def train_primary(
     test_ids = np.flatnonzero(split == "test")
     images = torch.from_numpy(ds["image"].values).to(device)
     label_values = ds["label"].values.astype(np.int64)
-    if label_permutation_seed is not None:
-        label_values = label_values.copy()
-        label_values[train_ids] = permuted_labels(label_values[train_ids], label_permutation_seed)
     labels = torch.from_numpy(label_values).to(device)
     name = name or primary_name(architecture, seed)
     torch.manual_seed(seed)  # Glorot init draws from the global generator
@@ -111,8 +115,6 @@ def train_primary(
     except ConfigError as err:  # name the primary and the dataset the check failed on
         raise ConfigError(f"primary {name} on {dataset_path}: {err}") from None
     model = model.to(device)
-    if label_permutation_seed is not None:
-        name += "-random_labels"
     log.info(
         "%s: %d training images (of %d), %d test images, device %s",
         name,
@@ -123,12 +125,17 @@ def train_primary(
     )
     train_idx = torch.from_numpy(train_ids).to(device)
     test_idx = torch.from_numpy(test_ids).to(device)
+    train_set = (images[train_idx], labels[train_idx])
+    if training_transform is not None:
+        train_set = training_transform(*train_set)
+        if len(train_set[0]) != len(train_idx) or len(train_set[1]) != len(train_idx):
+            raise ValueError(f"{name}: the training transform changed the number of images")
     if settings.epochs == 0:  # the untrained primary (training_length study, level 0)
-        history = [untrained_record(model, images, labels, train_idx, test_idx)]
+        history = [untrained_record(model, *train_set, images[test_idx], labels[test_idx])]
     else:
         (history,) = train_models(
             [model],
-            [(images[train_idx], labels[train_idx])],
+            [train_set],
             settings,
             [data],
             [name],
@@ -146,9 +153,7 @@ def train_primary(
         "epochs": settings.epochs,
         "n_train": len(train_ids),
         "n_test": len(test_ids),
-        "labels": "original"
-        if label_permutation_seed is None
-        else f"permuted (seed {label_permutation_seed})",
+        "labels": "original",
         "final_train_accuracy": history[-1].get("train_accuracy"),
         "final_test_accuracy": history[-1]["test_accuracy"],
         # how often the primary predicts each class on the test split, next to the true counts:

@@ -54,7 +54,7 @@ from .configuration import primary_name
 from .datasets import open_dataset
 from .errors import ConfigError, DataError
 from .evaluate import write_table
-from .primary import train_primary
+from .primary import permuted_labels, train_primary
 from .provenance import Provenance, as_attr
 from .saliency import SHORT_NAMES, build_method, resolve_pass_size
 from .stage import Stage
@@ -307,6 +307,11 @@ def train_random_label_primary(
     Adebayo et al. (2018) compare with a network that has *memorised* random labels; the
     metrics say how many epochs ran, the train accuracy reached and whether that was the target.
     """
+
+    def permute(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        permuted = permuted_labels(labels.cpu().numpy(), label_seed)
+        return images, torch.from_numpy(permuted).to(labels.device)
+
     metrics = train_primary(
         dataset_path=dataset_path,
         architecture=architecture,
@@ -316,9 +321,12 @@ def train_random_label_primary(
         metrics_out=metrics_out,
         device=device,
         threads=threads,
-        label_permutation_seed=label_seed,
         stop_at_train_accuracy=target_train_accuracy,
+        name=f"{primary_name(architecture, seed)}-random_labels",
+        training_transform=permute,
     )
+    metrics["labels"] = f"permuted (seed {label_seed})"
+    metrics["provenance"]["config"]["label_permutation_seed"] = label_seed
     if target_train_accuracy is None:  # every epoch ran: record it the same way
         metrics.update(
             target_train_accuracy=None,
@@ -326,7 +334,7 @@ def train_random_label_primary(
             epochs_run=len(metrics["history"]),
             target_reached=True,
         )
-        write_json(metrics_out, metrics)
+    write_json(metrics_out, metrics)
     return metrics
 
 
