@@ -26,6 +26,12 @@ def spread_sample(ids: np.ndarray, n: int) -> np.ndarray:
     return ids[np.linspace(0, len(ids) - 1, n).round().astype(int)]
 
 
+def show_input(ax, image: np.ndarray) -> None:
+    """An input image ``(channel, y, x)`` in [0, 1]: grey for one channel, RGB for three."""
+    shown = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+    ax.imshow(np.clip(shown, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
 def _save(fig, out: str | Path, dpi: int) -> None:
     with atomic_output(out) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
@@ -101,8 +107,7 @@ def _draw_map_grid(fig, rows, sample_ids, cmap, dataset=None, title=None, min_ro
     if dataset is not None:
         images = dataset["image"].isel(sample=list(sample_ids)).values
         for j, image in enumerate(images):
-            shown = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-            axes[0, j].imshow(np.clip(shown, 0, 1), cmap="gray" if image.shape[0] == 1 else None)
+            show_input(axes[0, j], image)
         axes[0, 0].set_ylabel("image", rotation=0, ha="right", va="center", fontsize=7)
         offset = 1
     for i, (label, maps) in enumerate(rows, start=offset):
@@ -356,9 +361,7 @@ def plot_sanity_maps(
     )
     for k, sample in enumerate(samples):
         top = k * per_image
-        image = first["image"].isel(sample=k).values
-        shown = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-        axes[top, 0].imshow(np.clip(shown, 0, 1), cmap="gray" if image.shape[0] == 1 else None)
+        show_input(axes[top, 0], first["image"].isel(sample=k).values)
         axes[top, 0].set_ylabel(f"#{sample}", rotation=0, ha="right", va="center", fontsize=8)
         for ax in axes[top, 1:]:
             ax.set_axis_off()
@@ -509,8 +512,7 @@ def plot_backdoor(
     )
 
     def show_image(ax, image: np.ndarray, title: str) -> None:
-        shown = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-        ax.imshow(np.clip(shown, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        show_input(ax, image)
         ax.set_title(title, fontsize=6)
 
     for r, store in enumerate(opened):
