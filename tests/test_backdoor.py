@@ -576,6 +576,23 @@ def workflow_config() -> dict:
 TARGETS = ("results/tables/backdoor.csv", "results/figures/backdoor.png")
 
 
+def test_the_backdoor_jobs_are_planned_only_while_enabled(tmp_path):
+    """The whole DAG (dry runs in fresh directories): the backdoor jobs are final outputs while
+    the block is enabled, and nothing else changes."""
+    cfg = workflow_config()
+    on = job_counts(run_workflow(tmp_path / "on", cfg, "-n", "-q", "rules"))
+    cfg["backdoor"]["enabled"] = False
+    off = job_counts(run_workflow(tmp_path / "off", cfg, "-n", "-q", "rules"))
+    added = {rule: n for rule, n in on.items() if off.get(rule) != n}
+    assert added == {
+        "train_backdoor_primary": 1,
+        "backdoor_maps": 2,
+        "backdoor_table": 1,
+        "plot_backdoor": 1,
+    }
+
+
+@pytest.mark.slow  # ~1 min on 2 cores: a real run of the 7 jobs, then 5 dry runs
 def test_workflow_runs_and_reruns_only_what_an_edit_changes(tmp_path):
     """The backdoor outputs of a tiny config (7 jobs), then dry runs of config edits: each plans
     exactly the jobs whose result it can change."""
@@ -609,14 +626,3 @@ def test_workflow_runs_and_reruns_only_what_an_edit_changes(tmp_path):
     assert plan(lambda c: c["backdoor"].update(n_maps=3)) == maps_on
     # the maps' settings are methods.input_agnostic's
     assert plan(lambda c: c["methods"]["input_agnostic"].update(iterations=4)) == maps_on
-    # the whole DAG (fresh directories): the backdoor jobs are final outputs only while enabled
-    on = job_counts(run_workflow(tmp_path / "on", cfg, "-n", "-q", "rules"))
-    cfg["backdoor"]["enabled"] = False
-    off = job_counts(run_workflow(tmp_path / "off", cfg, "-n", "-q", "rules"))
-    added = {rule: n for rule, n in on.items() if off.get(rule) != n}
-    assert added == {
-        "train_backdoor_primary": 1,
-        "backdoor_maps": 2,
-        "backdoor_table": 1,
-        "plot_backdoor": 1,
-    }

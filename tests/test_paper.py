@@ -200,12 +200,14 @@ def test_paper_preset_plans_its_studies(tmp_path):
     # seeds 10-19 and their Grad maps), learning_curve 0.1, 0.25, 0.5 (1.0 is two_miniresnet);
     # init_vs_data: 2 primaries (seed 1 on seed 0's data, the reverse) with Grad/SG/IG maps and
     # 3 levels x 3 methods (its "both" has 3 methods, so it is not n_primaries' k = 2);
-    # training_length: 0, 1, 3, 7 epochs of seeds 0, 1 (15 is n_primaries' k = 2) with Grad maps
+    # training_length: 0, 1, 3, 7 and 15 epochs of seeds 0, 1 with true-class Grad maps: 5
+    # secondaries (its targets differ from n_primaries', so 15 is not k = 2) and 4 x 2 primaries
+    # and map stores (15 epochs' true-class maps are the true-class twin's)
     assert jobs["study_table"] == 4
     assert jobs["train_primary"] == 6 + 10 + 10 + 2 + 4 * 2
     assert jobs["compute_saliency"] == 2 * 6 * 4 + 2 * 10 * 3 + 10 + 2 * 3 + 4 * 2
-    assert jobs["train_secondary"] == 8 + 4 + 6 + 3 + 3 + 3 + 1 + 3 + 3 + 3 * 3 + 4
-    assert jobs["cross_evaluate"] == 9 + 6 + 3 + 4
+    assert jobs["train_secondary"] == 8 + 4 + 6 + 3 + 3 + 3 + 1 + 3 + 3 + 3 * 3 + 5
+    assert jobs["cross_evaluate"] == 9 + 6 + 3 + 5
 
 
 def test_paper_preset_ships_replicates():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_workflow, tiny_config
 
-CATEGORIES = {"Experiments", "Maps", "Sanity checks", "Studies"}
+CATEGORIES = {"Backdoor", "Experiments", "Maps", "Sanity checks", "Studies"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
