@@ -1,9 +1,6 @@
 # Helpers shared by the rules: config validation, experiment lookups, paths.
 
 import sys
-from pathlib import Path
-
-from snakemake.utils import validate
 
 from saliency_fingerprints.configuration import (
     backdoor_enabled,
@@ -14,7 +11,6 @@ from saliency_fingerprints.configuration import (
     check_experiments,
     check_results_writable,
     check_sanity_checks,
-    check_schema,
     deep_merge,
     expand_studies,
     experiment_primaries as _experiment_primaries,
@@ -27,6 +23,7 @@ from saliency_fingerprints.configuration import (
     schema_defaults,
     TAG_PATTERN,
     study_experiments,
+    validate_config,
 )
 from saliency_fingerprints.errors import ConfigError
 
@@ -38,8 +35,7 @@ def config_error(message):
 
 
 try:
-    check_schema(config, Path(workflow.basedir) / "config/schema/config.schema.yaml")
-    validate(config, schema="../config/schema/config.schema.yaml")  # fills in the defaults
+    validate_config(config)  # one-line errors, then the schema's defaults filled in
     STUDIES = expand_studies(config)  # studies -> experiments (study-<study>-<level>)
     check_experiments(config)
     check_sanity_checks(config)

@@ -2,7 +2,8 @@
 expected.
 
 Snakemake's own ``validate`` prints the whole schema on an error; :func:`check_schema` reports
-only the most relevant error, as ``<key>: got <value>; expected <what>``. The cross-key checks a
+only the most relevant error, as ``<key>: got <value>; expected <what>``, and
+:func:`validate_config` then fills in the defaults as ``validate`` would. The cross-key checks a
 JSON schema cannot express (:func:`check_experiments`) and the checks on the filesystem
 (:func:`check_results_writable`, :func:`check_dataset_files`) raise the same kind of
 :class:`~saliency_fingerprints.errors.ConfigError`.
@@ -102,22 +103,57 @@ def schema_message(error: jsonschema.ValidationError) -> str:
     return f"{where}: got {got}; expected {expected}"
 
 
+def load_yaml(path: str | Path) -> object:
+    """A YAML file through libyaml when PyYAML has it (the schema parses ~10x faster than with
+    the pure-Python loader: every Snakemake start, a SLURM job's two included, reads it)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(path).read_text(), Loader=loader)
+
+
 def check_schema(cfg: Mapping, schema: Mapping | str | Path) -> None:
     """Raise :class:`ConfigError` with the most relevant schema error of ``cfg`` in one line.
 
     ``schema`` is the schema itself or the path of its YAML file.
     """
     if not isinstance(schema, Mapping):
-        schema = yaml.safe_load(Path(schema).read_text())
+        schema = _schema() if Path(schema) == SCHEMA_PATH else load_yaml(schema)
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
     if error is not None:
         raise ConfigError(schema_message(error))
 
 
+def _with_defaults(validator_class):
+    """``validator_class`` that also sets each absent property with a ``default`` as it validates:
+    ``snakemake.utils.validate(..., set_default=True)``'s extension (jsonschema's FAQ), with each
+    default copied, so that the cached schema is never changed through a config."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        for name, subschema in properties.items():
+            if "default" in subschema and isinstance(instance, dict):
+                instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultsValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate_config(cfg: dict) -> None:
+    """Check ``cfg`` against the schema (:func:`check_schema`'s one-line error), then fill in
+    every default in place, as ``snakemake.utils.validate`` does (tests/test_configuration.py
+    checks that the two give the same config) but from the schema parsed once per process."""
+    check_schema(cfg, _schema())
+    error = jsonschema.exceptions.best_match(_DefaultsValidator(_schema()).iter_errors(cfg))
+    if error is not None:  # a default that breaks a rule of the schema: a schema bug
+        raise ConfigError(f"config with the schema's defaults filled in: {schema_message(error)}")
+
+
 @functools.cache
 def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return load_yaml(SCHEMA_PATH)
 
 
 def _block_defaults(node: Mapping) -> dict:

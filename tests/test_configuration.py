@@ -20,6 +20,7 @@ from saliency_fingerprints.configuration import (
     key_path,
     local_source,
     schema_defaults,
+    validate_config,
 )
 from saliency_fingerprints.errors import ConfigError
 
@@ -190,11 +191,9 @@ def test_schema_defaults():
 
 
 def test_validation_fills_the_schema_defaults_of_the_global_blocks_only():
-    """``snakemake.utils.validate`` fills the training defaults into primary_training and the
-    global secondary block, not into an experiment's or a study's secondary overrides (filled
-    there, they would override the global block they are merged over)."""
-    from snakemake.utils import validate
-
+    """Validation fills the training defaults into primary_training and the global secondary
+    block, not into an experiment's or a study's secondary overrides (filled there, they would
+    override the global block they are merged over)."""
     cfg = tiny_config()
     cfg["experiments"]["two_cnn2"]["secondary"] = {"epochs": 5}
     cfg["studies"] = {
@@ -204,7 +203,7 @@ def test_validation_fills_the_schema_defaults_of_the_global_blocks_only():
     for block in ("primary_training", "secondary"):
         for key in training:
             cfg[block].pop(key, None)
-    validate(cfg, str(SCHEMA))
+    validate_config(cfg)
     for block in ("primary_training", "secondary"):
         assert {key: cfg[block][key] for key in training} == training
     assert cfg["experiments"]["two_cnn2"]["secondary"] == {"epochs": 5}
@@ -217,12 +216,10 @@ def test_validation_fills_the_schema_defaults_of_the_global_blocks_only():
 def test_validation_fills_the_smooth_and_efficient_randomisation_blocks():
     """sMPRT and eMPRT are on by default, with their settings from the schema alone (the job
     reads them as cfg[key])."""
-    from snakemake.utils import validate
-
     cfg = tiny_config()
     cfg["sanity_checks"].pop("smooth_randomisation", None)
     cfg["sanity_checks"]["efficient_randomisation"] = {"bins": 20}
-    validate(cfg, str(SCHEMA))
+    validate_config(cfg)
     assert cfg["sanity_checks"]["smooth_randomisation"] == {
         "enabled": True,
         "n_samples": 10,
@@ -231,6 +228,49 @@ def test_validation_fills_the_smooth_and_efficient_randomisation_blocks():
     assert cfg["sanity_checks"]["efficient_randomisation"] == {"enabled": True, "bins": 20}
     sanity = ("properties", "sanity_checks", "properties")
     assert schema_defaults(*sanity, "efficient_randomisation") == {"enabled": True, "bins": 100}
+
+
+def shipped_configs() -> dict[str, dict]:
+    """Every config file shipped, the overlays over the default config, and the tests' tiny
+    config with the overrides of the two tests above."""
+    configs = {p.name: yaml.safe_load(p.read_text()) for p in SCHEMA.parents[1].glob("*.yaml")}
+    default = configs["config.yaml"]
+    for path in sorted((SCHEMA.parents[1] / "overlays").glob("*.yaml")):
+        configs[f"config.yaml + {path.name}"] = deep_merge(
+            default, yaml.safe_load(path.read_text())
+        )
+    tiny = tiny_config()
+    tiny["experiments"]["two_cnn2"]["secondary"] = {"epochs": 5}
+    tiny["studies"] = {"n_primaries": {"architecture": "cnn2", "counts": [2], "secondary": {}}}
+    for block in ("primary_training", "secondary"):
+        tiny[block].pop("lr", None)
+    tiny["sanity_checks"].pop("smooth_randomisation", None)
+    configs["tiny"] = tiny
+    return configs
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_validate_config_fills_in_what_snakemakes_validate_does(name):
+    """rules/common.smk validates with validate_config (the schema parsed once, by libyaml):
+    the config it leaves is the one ``snakemake.utils.validate`` leaves, and it does not change
+    the schema's defaults through the configs it filled."""
+    from snakemake.utils import validate
+
+    ours, theirs = shipped_configs()[name], shipped_configs()[name]
+    validate_config(ours)
+    validate(theirs, str(SCHEMA))
+    assert ours == theirs
+    ours["dataset"]["split_seed"] += 1  # a filled default: the next config gets the schema's
+    again = shipped_configs()[name]
+    validate_config(again)
+    assert again == theirs
+
+
+def test_validate_config_reports_one_line():
+    cfg = tiny_config()
+    cfg["secondary"]["epochs"] = 0
+    with pytest.raises(ConfigError, match=r"^secondary\.epochs: got 0; expected a number >= 1$"):
+        validate_config(cfg)
 
 
 def test_deep_merge_leaves_its_inputs_alone():

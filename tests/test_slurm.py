@@ -33,7 +33,7 @@ GPU_RULES = {
     "train_random_label_primary",
     "sanity_check",
 }
-RETRIED_COMMENT = "rule_train_primary_wildcards_cnn2_0_"  # the plugin's sbatch --comment
+RETRIED_COMMENT = "rule_sanity_check_wildcards_grad_cnn2_0_"  # the plugin's sbatch --comment
 
 
 # -- profiles, no cluster needed ------------------------------------------------------------------
