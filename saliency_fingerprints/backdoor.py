@@ -57,13 +57,13 @@ from .agnostic import batch_diagnostics, input_agnostic_maps
 from .configuration import primary_name
 from .datasets import open_dataset
 from .errors import ConfigError, DataError
-from .evaluate import write_table
 from .primary import train_primary
 from .provenance import Provenance, as_attr
 from .runtime import seed_generator
 from .saliency.job import build_engine, frozen_primary, train_images
 from .stage import Stage
 from .store import atomic_output, open_store, write_dataset, write_json
+from .tables import write_table
 from .training import load_model, numeric_precision, predict
 
 log = logging.getLogger(__name__)

@@ -43,10 +43,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
-from .evaluate import write_table
+from .method_names import short_name
 from .provenance import Provenance
-from .saliency import SHORT_NAMES, open_maps
-from .store import atomic_output, chunk_ranges, one_line
+from .store import atomic_output, chunk_ranges, one_line, open_maps
+from .tables import write_table
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def diagnostics_table(
 def markdown_report(table: pd.DataFrame, threshold: float) -> str:
     """The table as markdown, with what each column means."""
     shown = table.copy()
-    shown["method"] = [SHORT_NAMES.get(m, m) for m in shown["method"]]
+    shown["method"] = [short_name(m) for m in shown["method"]]
     shown = shown.fillna({"notes": ""})
     return (
         "# Map diagnostics\n\n"

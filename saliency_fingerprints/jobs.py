@@ -34,13 +34,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import PipelineError
-from .runtime import describe_device, select_device
 from .store import remove_empty_store_folders
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Job:
     params: Any
     wildcards: Any
     threads: int
-    device: torch.device
+    device: torch.device | None  # None in a table or figure job (``run_job(needs_device=False)``)
 
 
 def setup_logging(log_file: str | None) -> None:
@@ -115,6 +115,8 @@ def place_on_gpu(device: torch.device) -> None:
     a free one this process's current CUDA device."""
     if device.type != "cuda" or "SLURM_JOB_ID" in os.environ:
         return
+    import torch
+
     n_devices = torch.cuda.device_count()
     if n_devices < 2:
         return
@@ -131,27 +133,41 @@ def place_on_gpu(device: torch.device) -> None:
     torch.cuda.set_device(index)
 
 
-def where_running(device: torch.device) -> str:
+def where_running(device: torch.device | None) -> str:
     """Host, SLURM job and GPUs given to this job, and the device it uses, for its log."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    fallback = ""
-    if device.type == "cpu" and visible not in (None, "") and not torch.cuda.is_available():
-        fallback = " (a GPU was given but torch sees no usable CUDA device: CPU fallback)"
+    if device is None:
+        used = "none (a table or figure job: no torch)"
+    else:
+        import torch
+
+        from .runtime import describe_device
+
+        used = describe_device(device)
+        if device.type == "cpu" and visible not in (None, "") and not torch.cuda.is_available():
+            used += " (a GPU was given but torch sees no usable CUDA device: CPU fallback)"
     return (
         f"host {platform.node()}, SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', 'none')}, "
-        f"CUDA_VISIBLE_DEVICES={'unset' if visible is None else visible}, "
-        f"device {describe_device(device)}{fallback}"
+        f"CUDA_VISIBLE_DEVICES={'unset' if visible is None else visible}, device {used}"
     )
 
 
-def run_job(smk, body: Callable[[Job], Any]) -> None:
+def run_job(smk, body: Callable[[Job], Any], *, needs_device: bool = True) -> None:
+    """Run ``body`` as the job of Snakemake's ``smk`` object. A table or figure job passes
+    ``needs_device=False``: it gets no device and never imports torch (~3 s of its start)."""
     log_file = smk.log[0] if len(smk.log) else None
     setup_logging(log_file)
     log = logging.getLogger("saliency_fingerprints.job")
     try:
-        device = select_device(smk.config["compute"]["device"])  # schema-filled
-        place_on_gpu(device)
-        torch.set_num_threads(max(1, int(smk.threads)))
+        device = None
+        if needs_device:
+            import torch
+
+            from .runtime import select_device
+
+            device = select_device(smk.config["compute"]["device"])  # schema-filled
+            place_on_gpu(device)
+            torch.set_num_threads(max(1, int(smk.threads)))
         log.info("rule %s, wildcards %s, %s", smk.rule, dict(smk.wildcards), where_running(device))
         inject_failure(smk.rule, log_file)
         body(Job(smk.input, smk.output, smk.params, smk.wildcards, int(smk.threads), device))

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
+from .method_names import short_name
 
 # Light imports only: rules/paper.smk imports this module while Snakemake parses the workflow.
 # The map-store and saliency modules (torch, zarr) are imported where they are needed.
@@ -237,12 +238,6 @@ def compare(cross_evaluation: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _short(method: str) -> str:
-    from .saliency import SHORT_NAMES
-
-    return SHORT_NAMES.get(method, method)
-
-
 def markdown(comparison: pd.DataFrame) -> str:
     """A block per paper table: every cell with paper value, ours, difference, CI and n_test,
     and (with replicates) the spread, the verdicts and the class-cue control."""
@@ -294,7 +289,7 @@ def markdown(comparison: pd.DataFrame) -> str:
             if replicated and row.get("n_replicates", 1) > 1:
                 ours += f" ± {row['ours_sd']:.3f}"
             line = (
-                f"| {_short(row['test_method'])} | {_short(row['train_method'])} "
+                f"| {short_name(row['test_method'])} | {short_name(row['train_method'])} "
                 f"| {paper}{row['paper']:.2f} | {ours} | {row['difference']:+.3f} "
                 f"| [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {int(row['n_test'])} "
                 f"| {_yes(row['paper_in_ci'])} |"
@@ -324,7 +319,7 @@ def _ours_vs_paper_matrix(block: pd.DataFrame) -> str:
     trains = list(dict.fromkeys(block["train_method"]))
     cells = {(r.train_method, r.test_method): r for r in block.itertuples()}
     lines = [
-        "| ours (paper): tested on \\ trained on | " + " | ".join(map(_short, trains)) + " |",
+        "| ours (paper): tested on \\ trained on | " + " | ".join(map(short_name, trains)) + " |",
         "|---" * (len(trains) + 1) + "|",
     ]
     for test in tests:
@@ -332,7 +327,7 @@ def _ours_vs_paper_matrix(block: pd.DataFrame) -> str:
         for train in trains:
             r = cells.get((train, test))
             values.append("" if r is None else f"{r.ours:.2f} ({r.paper:.2f})")
-        lines.append(f"| {_short(test)} | " + " | ".join(values) + " |")
+        lines.append(f"| {short_name(test)} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 

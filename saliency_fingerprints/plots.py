@@ -11,11 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .evaluate import as_matrix  # noqa: E402
-from .saliency import SHORT_NAMES, open_maps  # noqa: E402
-from .secondary import preprocess_maps  # noqa: E402
+from .method_names import short_name  # noqa: E402
+from .preprocess import preprocess_maps  # noqa: E402
 from .shuffle import apply_variant  # noqa: E402
-from .store import atomic_output, open_store  # noqa: E402
+from .store import atomic_output, open_maps, open_store  # noqa: E402
+from .tables import as_matrix  # noqa: E402
 
 
 def spread_sample(ids: np.ndarray, n: int) -> np.ndarray:
@@ -89,7 +89,7 @@ def map_grid_rows(
             )
             for variant in variants:
                 shown = apply_variant(maps, variant, shuffle_seed, primary, sample_ids)
-                label = f"{SHORT_NAMES.get(method, method)}\n{primary}"
+                label = f"{short_name(method)}\n{primary}"
                 if variant != "original":
                     label += f"\n{variant}"
                 rows.append((label, shown))
@@ -296,7 +296,7 @@ def plot_sanity_curves(*, summary: pd.DataFrame, out: str | Path, dpi: int = 150
                 line["spearman_abs_median"],
                 "o-",
                 color=colour,
-                label=SHORT_NAMES.get(method, method),
+                label=short_name(method),
             )
             ax.fill_between(
                 line["step"],
@@ -313,7 +313,7 @@ def plot_sanity_curves(*, summary: pd.DataFrame, out: str | Path, dpi: int = 150
                     "^--",
                     color=colour,
                     alpha=0.7,
-                    label=f"{SHORT_NAMES.get(method, method)} (sMPRT)",
+                    label=f"{short_name(method)} (sMPRT)",
                 )
             for offset, test in enumerate(extra, start=len(labels) + 1):
                 point = rows[rows["test"] == test]
@@ -369,7 +369,7 @@ def plot_sanity_maps(
             for j, stage_map in enumerate(ds["maps"].isel(sample=k).values):
                 axes[i, j].imshow(np.abs(stage_map).sum(0), cmap=cmap)
             axes[i, 0].set_ylabel(
-                SHORT_NAMES.get(method, method), rotation=0, ha="right", va="center", fontsize=8
+                short_name(method), rotation=0, ha="right", va="center", fontsize=8
             )
     for j, stage in enumerate(stages):
         axes[1, j].set_title(str(stage).split(":")[-1].replace("_", " "), fontsize=6, rotation=45)
@@ -414,7 +414,7 @@ def plot_study(
             marker="o",
             capsize=4,
             linewidth=1.5,
-            label=SHORT_NAMES.get(method, method),
+            label=short_name(method),
         )
         reps = replicates[replicates["train_method"] == method]
         ax.scatter(

@@ -12,12 +12,7 @@ A *replicate* (config ``replicates``) is one secondary with its own seed (``seco
 the replicate index) and, with ``replicates.disjoint_primaries``, its own set of primaries; the
 rules pass each replicate's primaries and seed in.
 
-Map preprocessing (config ``secondary.preprocess``), applied per map:
-
-* ``reduce``: ``abs_sum`` (sum of |value| over channels; PAIR's grayscale visualisation),
-  ``sum``, ``abs_max`` or ``none`` (keep channels);
-* ``clip_percentile``: clip at this percentile of the reduced map (99, as PAIR) or ``null``;
-* then scale by the map's largest magnitude, to [0, 1] (or [-1, 1] for signed maps).
+Map preprocessing (config ``secondary.preprocess``, applied per map): :mod:`.preprocess`.
 """
 
 from __future__ import annotations
@@ -32,6 +27,7 @@ import torch
 from .configuration import schema_defaults
 from .errors import ConfigError, DataError
 from .models import build_model
+from .preprocess import preprocess_maps
 from .runtime import describe_device, set_determinism
 from .saliency import open_maps
 from .shuffle import apply_variant
@@ -42,40 +38,10 @@ from .training import TrainSettings, save_model, select_epoch
 
 log = logging.getLogger(__name__)
 
-REDUCTIONS = ("abs_sum", "sum", "abs_max", "none")
-
 FIT_FRACTION = schema_defaults("properties", "secondary")["fit_fraction"]
 """The schema's default ``secondary.fit_fraction`` (every fitting image). The rules leave the key
 out of a job's params at this value (rules/common.smk, ``secondary_params``), so that results from
 before the key keep their params: the job applies it here."""
-
-
-def preprocess_maps(
-    maps: np.ndarray, reduce: str = "abs_sum", clip_percentile: float | None = 99.0
-) -> np.ndarray:
-    """``(N, C, H, W)`` raw maps -> ``(N, C', H, W)`` float32 secondary inputs."""
-    maps = maps.astype(np.float32, copy=False)
-    if reduce == "abs_sum":
-        out = np.abs(maps).sum(axis=1, keepdims=True)
-    elif reduce == "sum":
-        out = maps.sum(axis=1, keepdims=True)
-    elif reduce == "abs_max":
-        out = np.abs(maps).max(axis=1, keepdims=True)
-    elif reduce == "none":
-        out = maps.copy()
-    else:
-        raise ConfigError(
-            f"secondary.preprocess.reduce {reduce!r} is unknown; expected {REDUCTIONS}"
-        )
-    flat = out.reshape(len(out), -1)
-    magnitude = np.abs(flat)
-    if clip_percentile is not None:
-        limit = np.percentile(magnitude, clip_percentile, axis=1, keepdims=True)
-        flat = np.clip(flat, -limit, limit)
-        magnitude = np.abs(flat)
-    scale = magnitude.max(axis=1, keepdims=True)
-    flat = flat / np.where(scale > 0, scale, 1.0)
-    return flat.reshape(out.shape).astype(np.float32)
 
 
 def image_disjoint_split(

@@ -126,6 +126,14 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
         ) from None
 
 
+def open_maps(path: str | os.PathLike) -> xr.Dataset:
+    """Open a map store as an xarray dataset (lazy) and check its layout."""
+    ds = open_store(path)
+    if "maps" not in ds or tuple(ds["maps"].dims) != MAP_DIMS:
+        raise DataError(f"{path}: expected a 'maps' variable with dims {MAP_DIMS}")
+    return ds
+
+
 def variable_length_strings(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` with its fixed-length text arrays (numpy ``<U``) as variable-length strings.
 

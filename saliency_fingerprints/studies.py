@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluate import provenance_path, summarise, write_table
+from .method_names import short_name
 from .provenance import Provenance
 from .replicates import format_p
-from .saliency import SHORT_NAMES
 from .store import atomic_output
+from .tables import provenance_path, summarise, write_table
 
 # What a study's levels are, for column headers and axis labels.
 LEVEL_NAMES = {
@@ -145,7 +145,7 @@ def markdown_study(*, study: str, table: pd.DataFrame) -> str:
         rows.append(
             {
                 level: _level_text(study, r.level),
-                "method": SHORT_NAMES.get(r.method, r.method),
+                "method": short_name(r.method),
                 "experiment": r.experiment,
                 "accuracy (± sd)": f"{r.accuracy:.3f} ± {r.accuracy_sd:.3f}",
                 "95% interval": f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",

@@ -4,7 +4,7 @@ what each random-label copy reached (its metrics.json) beside its rows."""
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
 from saliency_fingerprints.jobs import run_job
-from saliency_fingerprints.sanity import combine_sanity_tables
+from saliency_fingerprints.sanity_tables import combine_sanity_tables
 
 run_job(
     snakemake,  # noqa: F821
@@ -14,4 +14,5 @@ run_job(
         out_md=job.output.markdown,
         random_label_metrics=list(job.input.random_labels),
     ),
+    needs_device=False,
 )

@@ -3,8 +3,8 @@ the per-cell summary CSV and the markdown report."""
 
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
-from saliency_fingerprints.evaluate import combine_tables
 from saliency_fingerprints.jobs import run_job
+from saliency_fingerprints.tables import combine_tables
 
 run_job(
     snakemake,  # noqa: F821
@@ -15,4 +15,5 @@ run_job(
         out_replicates=job.output.replicates,
         primary_metrics=list(job.input.primaries),
     ),
+    needs_device=False,
 )

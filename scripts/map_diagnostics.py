@@ -13,4 +13,5 @@ run_job(
         out_csv=job.output.csv,
         out_md=job.output.markdown,
     ),
+    needs_device=False,
 )

@@ -3,9 +3,9 @@
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 import pandas as pd
 
-from saliency_fingerprints.evaluate import summarise
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.plots import plot_heatmap
+from saliency_fingerprints.tables import summarise
 
 
 def main(job):
@@ -20,4 +20,4 @@ def main(job):
     )
 
 
-run_job(snakemake, main)  # noqa: F821
+run_job(snakemake, main, needs_device=False)  # noqa: F821

@@ -30,4 +30,4 @@ def main(job):
     )
 
 
-run_job(snakemake, main)  # noqa: F821
+run_job(snakemake, main, needs_device=False)  # noqa: F821

@@ -11,4 +11,5 @@ run_job(
     lambda job: plot_sanity_curves(
         summary=pd.read_csv(job.input.summary), out=job.output.png, dpi=job.params.plots["dpi"]
     ),
+    needs_device=False,
 )

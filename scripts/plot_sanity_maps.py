@@ -14,4 +14,5 @@ run_job(
         cmap=job.params.plots["map_cmap"],
         dpi=job.params.plots["dpi"],
     ),
+    needs_device=False,
 )

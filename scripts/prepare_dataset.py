@@ -9,4 +9,5 @@ from saliency_fingerprints.store import store_root
 run_job(
     snakemake,  # noqa: F821
     lambda job: prepare_dataset(cfg=job.params.dataset, out=store_root(job.output.store)),
+    needs_device=False,
 )

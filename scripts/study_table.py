@@ -18,4 +18,5 @@ run_job(
         out_png=job.output.png,
         dpi=job.params.plots["dpi"],
     ),
+    needs_device=False,
 )

@@ -23,7 +23,6 @@ from saliency_fingerprints.diagnostics import (
     write_diagnostics,
 )
 from saliency_fingerprints.errors import ConfigError
-from saliency_fingerprints.evaluate import provenance_path
 from saliency_fingerprints.models import build_model
 from saliency_fingerprints.saliency import (
     Gradient,
@@ -35,6 +34,7 @@ from saliency_fingerprints.saliency import (
 )
 from saliency_fingerprints.saliency import job as saliency_job
 from saliency_fingerprints.store import ChunkedMapWriter, write_dataset
+from saliency_fingerprints.tables import provenance_path
 from saliency_fingerprints.training import load_model, save_model
 
 CPU = torch.device("cpu")

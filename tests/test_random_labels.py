@@ -13,7 +13,8 @@ from conftest import with_defaults
 
 from saliency_fingerprints.datasets import prepare_dataset
 from saliency_fingerprints.models import build_model
-from saliency_fingerprints.sanity import combine_sanity_tables, train_random_label_primary
+from saliency_fingerprints.sanity import train_random_label_primary
+from saliency_fingerprints.sanity_tables import combine_sanity_tables
 from saliency_fingerprints.training import TrainSettings, train_classifier
 
 SETTINGS = dict(batch_size=16, learning_rate=0.01, optimizer="adam")

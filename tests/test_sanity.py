@@ -20,7 +20,6 @@ from saliency_fingerprints.sanity import (
     complexity_scores,
     discrete_entropy,
     fully_randomised_model,
-    markdown_summary,
     randomised_models,
     similarities,
     smooth_randomisation,
@@ -28,9 +27,9 @@ from saliency_fingerprints.sanity import (
     smoothing_noise,
     spearman,
     ssim,
-    summarise,
     weight_layers,
 )
+from saliency_fingerprints.sanity_tables import markdown_summary, summarise
 
 
 def model(architecture: str = "cnn2", seed: int = 0) -> torch.nn.Module:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from saliency_fingerprints.errors import ConfigError, DataError
-from saliency_fingerprints.secondary import image_disjoint_split, preprocess_maps
+from saliency_fingerprints.preprocess import preprocess_maps
+from saliency_fingerprints.secondary import image_disjoint_split
 
 
 def test_default_preprocessing_is_abs_sum_clipped_and_scaled():

@@ -11,7 +11,7 @@ import torch
 
 from saliency_fingerprints.datasets import prepare_dataset
 from saliency_fingerprints.diagnostics import write_diagnostics
-from saliency_fingerprints.evaluate import combine_tables, cross_evaluate
+from saliency_fingerprints.evaluate import cross_evaluate
 from saliency_fingerprints.paper import write_comparison
 from saliency_fingerprints.plots import (
     plot_heatmap,
@@ -22,13 +22,11 @@ from saliency_fingerprints.plots import (
 )
 from saliency_fingerprints.primary import train_primary
 from saliency_fingerprints.saliency import compute_saliency_maps
-from saliency_fingerprints.sanity import (
-    combine_sanity_tables,
-    run_sanity_checks,
-    train_random_label_primary,
-)
+from saliency_fingerprints.sanity import run_sanity_checks, train_random_label_primary
+from saliency_fingerprints.sanity_tables import combine_sanity_tables
 from saliency_fingerprints.secondary import train_secondary
 from saliency_fingerprints.stage import Stage
+from saliency_fingerprints.tables import combine_tables
 
 STAGES = [
     prepare_dataset,

@@ -22,9 +22,9 @@ from saliency_fingerprints.configuration import (
     study_level_name,
 )
 from saliency_fingerprints.errors import ConfigError
-from saliency_fingerprints.evaluate import REPLICATE_COLUMNS
 from saliency_fingerprints.secondary import fit_subset, validation_split
 from saliency_fingerprints.studies import COLUMNS, write_study
+from saliency_fingerprints.tables import REPLICATE_COLUMNS
 
 SCHEMA = Path(__file__).parents[1] / "config/schema/config.schema.yaml"
 

@@ -11,7 +11,7 @@ from conftest import load_default_config, planned_jobs, run_workflow, tiny_confi
 
 def test_cross_evaluation_table(tiny_run):
     table = pd.read_csv(tiny_run / "results/tables/cross_evaluation.csv")
-    from saliency_fingerprints.evaluate import COLUMNS
+    from saliency_fingerprints.tables import COLUMNS
 
     assert list(table.columns) == COLUMNS
     methods = ["grad", "smoothgrad", "integrated_gradients"]

@@ -23,7 +23,8 @@ The package, one concern per module:
 * :mod:`.passes` - the pass planner: pass throughput, ``pass_size: auto``;
 * :mod:`.rng` - noise keyed by ``(seed, sample_id)``, so a map does not depend on the batch or
   pass it was computed in;
-* :mod:`.job` - the store job :func:`compute_saliency_maps` and :func:`open_maps`.
+* :mod:`.job` - the store job :func:`compute_saliency_maps` (its reader, :func:`open_maps`, is
+  in :mod:`saliency_fingerprints.store`, so that table and figure jobs need no torch).
 
 Adding a method is one class and one schema block: a :class:`SaliencyMethod` subclass in its own
 module here, decorated with ``@register(name, short=...)`` (the package imports every method
@@ -41,6 +42,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from ..store import open_maps  # re-exported: a map store's reader lives with the stores
 from .base import (
     BASELINES,
     METHODS,
@@ -61,7 +63,7 @@ from .gradient import Gradient
 from .guided_backprop import GuidedBackprop
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IG_RULES, IntegratedGradients, path_points
-from .job import compute_saliency_maps, open_maps, select_images
+from .job import compute_saliency_maps, select_images
 from .passes import (
     _TUNED_PASS_SIZES,
     candidate_pass_sizes,

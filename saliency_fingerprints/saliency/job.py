@@ -326,13 +326,3 @@ def compute_saliency_maps(
             )
         )
     log.info("%s/%s: %d maps in %.1fs", primary, method, n, time.perf_counter() - start_time)
-
-
-def open_maps(path: str | Path):
-    """Open a map store as an xarray dataset (lazy) and check its layout."""
-    from ..store import MAP_DIMS, open_store
-
-    ds = open_store(path)
-    if "maps" not in ds or tuple(ds["maps"].dims) != MAP_DIMS:
-        raise DataError(f"{path}: expected a 'maps' variable with dims {MAP_DIMS}")
-    return ds

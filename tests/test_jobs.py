@@ -1,0 +1,107 @@
+"""Job start-up: table and figure jobs run without torch (``run_job(needs_device=False)``).
+
+Importing torch takes ~3 s on small CPUs, more than most of these jobs' work; a local run of the
+tiny workflow has ten of them, and on SLURM they run one after another in one group job. The
+method short names they show come from the method classes' decorators without importing them
+(:mod:`saliency_fingerprints.method_names`).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from conftest import REPO
+
+from saliency_fingerprints import jobs
+
+SCRIPTS = REPO / "scripts"
+# The backdoor table scores maps against the trigger, whose definition lives with the backdoor
+# training (saliency_fingerprints/backdoor.py, torch): it runs without a device but with torch.
+WITH_TORCH = {"backdoor_table"}
+
+
+def run_job_call(path: Path) -> ast.Call:
+    calls = [
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "run_job"
+    ]
+    assert len(calls) == 1, path
+    return calls[0]
+
+
+def without_device(path: Path) -> bool:
+    keywords = {k.arg: k.value for k in run_job_call(path).keywords}
+    return "needs_device" in keywords and keywords["needs_device"].value is False
+
+
+def library_imports(path: Path) -> list[str]:
+    return [
+        node.module
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.ImportFrom) and node.module.startswith("saliency_fingerprints")
+    ]
+
+
+SCRIPT_PATHS = sorted(p for p in SCRIPTS.glob("*.py") if not p.name.startswith("_"))
+NO_DEVICE = [p.stem for p in SCRIPT_PATHS if without_device(p)]
+
+
+def test_exactly_the_scripts_that_use_no_device_run_without_one():
+    """A script that uses ``job.device`` asks for one; every other script does not."""
+    for path in SCRIPT_PATHS:
+        uses_device = "job.device" in path.read_text()
+        assert without_device(path) is not uses_device, path.name
+    assert {"combine_tables", "plot_heatmap", "map_diagnostics", "prepare_dataset"} <= set(
+        NO_DEVICE
+    )
+
+
+def test_jobs_without_a_device_do_not_import_torch():
+    """The library modules of every script without a device, imported together in one fresh
+    process (one start, not one per script), leave torch unimported."""
+    modules = sorted(
+        {m for s in NO_DEVICE if s not in WITH_TORCH for m in library_imports(SCRIPTS / f"{s}.py")}
+    )
+    assert "saliency_fingerprints.tables" in modules and "saliency_fingerprints.plots" in modules
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout.strip()
+    assert out == "[]", f"{modules} import {out}"
+
+
+def test_run_job_without_a_device_hands_none_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv(jobs.FAIL_ONCE_ENV, raising=False)
+    log = tmp_path / "job.log"
+    smk = SimpleNamespace(
+        log=[str(log)],
+        rule="combine_tables",
+        wildcards={},
+        input=[],
+        output=[],
+        params={},
+        threads=1,
+        config={"compute": {"device": "cuda"}},  # not looked at: no device is chosen
+    )
+    seen = []
+    jobs.run_job(smk, seen.append, needs_device=False)
+    assert seen[0].device is None
+    assert "device none (a table or figure job: no torch)" in log.read_text()
+
+
+def test_short_names_without_importing_the_methods_are_the_registrys():
+    from saliency_fingerprints.method_names import short_name, short_names
+    from saliency_fingerprints.saliency import SHORT_NAMES
+
+    assert short_names() == SHORT_NAMES
+    assert short_name("integrated_gradients") == "IG" and short_name("unknown") == "unknown"
