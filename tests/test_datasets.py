@@ -647,7 +647,7 @@ def test_workflow_on_grayscale_12px_folder(tmp_path):
     results = workdir / "results"
     ds, info = open_dataset(results / "data" / "toy12.zarr")
     assert (info.n_images, info.channels, info.image_size) == (135, 1, 12)
-    maps = open_maps(results / "saliency" / "grad" / "cnn2-seed0.zarr")
+    maps = open_maps(results / "saliency" / "predicted" / "grad" / "cnn2-seed0.zarr")
     assert maps["maps"].shape == (135, 1, 12, 12)
     table = pd.read_csv(results / "experiments" / "two_cnn2" / "cross_evaluation" / "original.csv")
     assert len(table) > 0 and table.select_dtypes("number").notna().all().all()
