@@ -52,7 +52,7 @@ class Job:
     params: Any
     wildcards: Any
     threads: int
-    device: torch.device | None  # None in a table or figure job (``run_job(needs_device=False)``)
+    device: torch.device | None  # None in a job without one (``run_job(needs_device=False)``)
 
 
 def setup_logging(log_file: str | None) -> None:
@@ -137,7 +137,7 @@ def where_running(device: torch.device | None) -> str:
     """Host, SLURM job and GPUs given to this job, and the device it uses, for its log."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if device is None:
-        used = "none (a table or figure job: no torch)"
+        used = "none (this job needs none and imports no torch)"
     else:
         import torch
 
@@ -153,8 +153,9 @@ def where_running(device: torch.device | None) -> str:
 
 
 def run_job(smk, body: Callable[[Job], Any], *, needs_device: bool = True) -> None:
-    """Run ``body`` as the job of Snakemake's ``smk`` object. A table or figure job passes
-    ``needs_device=False``: it gets no device and never imports torch (~3 s of its start)."""
+    """Run ``body`` as the job of Snakemake's ``smk`` object. A job that uses no device (the
+    tables, the figures, the dataset's preparation) passes ``needs_device=False``: it gets
+    ``device=None`` and never imports torch (~3 s of its start)."""
     log_file = smk.log[0] if len(smk.log) else None
     setup_logging(log_file)
     log = logging.getLogger("saliency_fingerprints.job")

@@ -96,7 +96,7 @@ def test_run_job_without_a_device_hands_none_and_says_so(tmp_path, monkeypatch):
     seen = []
     jobs.run_job(smk, seen.append, needs_device=False)
     assert seen[0].device is None
-    assert "device none (a table or figure job: no torch)" in log.read_text()
+    assert "device none (this job needs none and imports no torch)" in log.read_text()
 
 
 def test_short_names_without_importing_the_methods_are_the_registrys():
