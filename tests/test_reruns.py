@@ -10,11 +10,12 @@ the exact job counts it must plan: never more, never less. Snakemake's default r
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import planned_jobs, run_workflow, tiny_config
+from conftest import job_counts, planned_jobs, run_workflow, tiny_config
 
 SECOND = "grad_only"
 
@@ -297,3 +298,38 @@ def test_edit_plans_exactly_the_affected_jobs(extended, name):
     cfg = copy.deepcopy(two_experiments())
     edit(cfg)
     assert planned_jobs(workdir, cfg) == expected
+
+
+def test_archive_is_known_by_its_checksum_not_its_mtime(tmp_path):
+    """A re-staged archive (same bytes, new mtime) reruns nothing; a new checksum reruns the
+    preparation. The archive is an ``ancient`` input; its sha256 is in the job's params."""
+    from test_datasets import make_imagefolder, make_tar, sha256
+
+    archive = make_tar(make_imagefolder(tmp_path / "tree"), tmp_path / "toy.tar.gz", "toy")
+    cfg = tiny_config(sanity=False)
+    cfg["dataset"] = {
+        "name": "toy",
+        "source": "archive",
+        "url": str(archive),
+        "sha256": sha256(archive),
+        "download_dir": str(tmp_path / "downloads"),
+    }
+    workdir = tmp_path / "run"
+    # Snakemake compares the contents of inputs up to --max-checksum-file-size (1 MB) before
+    # their mtimes; real archives are larger, as this toy one is made to look.
+    until = ("--until", "prepare_dataset", "--max-checksum-file-size", "1")
+    run_workflow(workdir, cfg, *until)
+
+    def plan(config: dict) -> dict[str, int]:
+        return job_counts(run_workflow(workdir, config, "-n", "--quiet", "rules", *until))
+
+    assert plan(cfg) == {}
+    later = archive.stat().st_mtime + 3600
+    os.utime(archive, (later, later))  # copied or restored: same bytes, a newer mtime
+    assert plan(cfg) == {}
+    shutil.copy(
+        make_tar(make_imagefolder(tmp_path / "tree", n_train=5), tmp_path / "v2.tgz"), archive
+    )
+    assert plan({**cfg, "dataset": {**cfg["dataset"], "sha256": sha256(archive)}}) == {
+        "prepare_dataset": 1
+    }
