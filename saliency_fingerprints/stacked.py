@@ -17,11 +17,17 @@ a step that cannot be captured falls back to eager execution, with a warning.
 
 Models that keep going after their own stop (patience, a train-accuracy target) while others
 train on are not changed by it: each model's kept weights are snapshotted when they are chosen.
+
+Models may have learning rates of their own (a secondary's learning-rate candidates stack with its
+replicates). Every update of Adam and SGD is the learning rate times a direction that does not
+depend on it, so the optimiser steps with rate 1 and each model's weights then move by its own
+rate times that step (``torch.lerp`` from the weights before the step).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -118,11 +124,13 @@ class StackedModels:
 
 
 class TrainStep:
-    """One training step of every model on the batches ``index`` (``(models, batch)``)."""
+    """One training step of every model on the batches ``index`` (``(models, batch)``).
+    ``rates``: each model's learning rate (shape ``(models,)``) when they differ; the optimiser
+    then steps at rate 1 and each model moves by its rate times that step."""
 
-    def __init__(self, stack, opt, x, y, dtype, totals, hits) -> None:
+    def __init__(self, stack, opt, x, y, dtype, totals, hits, rates=None) -> None:
         self.stack, self.opt, self.x, self.y, self.dtype = stack, opt, x, y, dtype
-        self.totals, self.hits = totals, hits
+        self.totals, self.hits, self.rates = totals, hits, rates
         self.rows = torch.arange(stack.n, device=x.device)[:, None]
 
     def __call__(self, index: torch.Tensor) -> None:
@@ -138,9 +146,20 @@ class TrainStep:
                 .mean(1)
             )
         losses.sum().backward()
-        self.opt.step()
+        if self.rates is None:
+            self.opt.step()
+        else:
+            self._step_at_own_rates()
         self.totals += losses.detach().double() * y.shape[1]
         self.hits += (logits.detach().argmax(-1) == y).sum(1)
+
+    @torch.no_grad()
+    def _step_at_own_rates(self) -> None:
+        params = list(self.stack.params.values())
+        before = [p.detach().clone() for p in params]
+        self.opt.step()  # at learning rate 1
+        for p, b in zip(params, before, strict=True):
+            p.copy_(torch.lerp(b, p, self.rates.view(-1, *[1] * (p.dim() - 1))))
 
 
 class GraphedStep:
@@ -197,12 +216,14 @@ def train_stacked(
     stop_at_train_accuracy: float | None = None,
     full_train_accuracy: bool = False,
     cuda_graphs: bool = True,
+    learning_rates: list[float] | None = None,
 ) -> list[list[dict]]:
     """Train ``models`` (one architecture, training sets of one size) in place as one stack;
     return each model's per-epoch history. Every model trains and stops exactly as
     :func:`~saliency_fingerprints.training.train_classifier` would train it alone with the same
     seed, data and options (``full_train_accuracy=False``: the running train accuracy).
-    ``cuda_graphs``: capture the step as a CUDA graph on CUDA devices (ignored on CPUs)."""
+    ``cuda_graphs``: capture the step as a CUDA graph on CUDA devices (ignored on CPUs).
+    ``learning_rates``: each model's own (default ``settings.learning_rate`` for all)."""
     reason = stack_reason(models, trains)
     if reason:
         raise DataError(f"{', '.join(names)}: cannot train as one stack: {reason}")
@@ -214,6 +235,10 @@ def train_stacked(
             raise DataError(f"{', '.join(names)}: {kind} sets differ in size")
         if sets is not None and len(sets[0][1]) == 0:
             raise DataError(f"{names[0]}: no {kind} examples")
+    if learning_rates is not None and len(learning_rates) != len(models):
+        raise DataError(
+            f"{', '.join(names)}: {len(learning_rates)} learning rates for {len(models)} models"
+        )
     with numeric_precision(settings.tf32):
         return _train_stacked(
             models,
@@ -227,6 +252,7 @@ def train_stacked(
             stop_at_train_accuracy=stop_at_train_accuracy,
             full_train_accuracy=full_train_accuracy,
             cuda_graphs=cuda_graphs,
+            learning_rates=learning_rates,
         )
 
 
@@ -243,16 +269,24 @@ def _train_stacked(
     stop_at_train_accuracy,
     full_train_accuracy,
     cuda_graphs,
+    learning_rates,
 ) -> list[list[dict]]:
     device = trains[0][0].device
     stack = StackedModels(models, device)
     x, y = _stacked(trains)
     val, test = _stacked(validations), _stacked(tests)
     capturable = cuda_graphs and device.type == "cuda"
+    rates = None
+    if learning_rates is not None and len(set(learning_rates)) > 1:
+        rates = torch.tensor(learning_rates, dtype=torch.float32, device=device)
+        settings = dataclasses.replace(settings, learning_rate=1.0)
+    elif learning_rates is not None:
+        settings = dataclasses.replace(settings, learning_rate=float(learning_rates[0]))
     opt = make_optimizer(list(stack.params.values()), settings, capturable=capturable)
     totals = torch.zeros(stack.n, dtype=torch.float64, device=device)
     hits = torch.zeros(stack.n, dtype=torch.float64, device=device)
-    step = TrainStep(stack, opt, x, y, AUTOCAST_DTYPES[settings.autocast], totals, hits)
+    dtype = AUTOCAST_DTYPES[settings.autocast]
+    step = TrainStep(stack, opt, x, y, dtype, totals, hits, rates)
     n, batch = y.shape[1], settings.batch_size
     full = GraphedStep(step, batch) if capturable and n >= batch else step
     progress = [_Progress() for _ in models]
@@ -333,11 +367,13 @@ def train_models(
     stop_at_train_accuracy: float | None = None,
     full_train_accuracy: bool = True,
     threads: int | None = None,
+    learning_rates: list[float] | None = None,
 ) -> list[list[dict]]:
     """Train ``models`` with the engine ``settings.engine`` picks for their device: one stack
     (:func:`train_stacked`) where it applies and they can stack, else one after another with
     :func:`~saliency_fingerprints.training.train_classifier` (determinism reset to each model's
-    seed first, as a job training it alone would)."""
+    seed first, as a job training it alone would). ``learning_rates``: each model's own
+    (default ``settings.learning_rate`` for every model)."""
     device = trains[0][0].device
     options = {
         "patience": patience,
@@ -356,18 +392,22 @@ def train_models(
                 names,
                 validations=validations,
                 tests=tests,
+                learning_rates=learning_rates,
                 **options,
             )
         log.info("training one model at a time: %s", reason)
     histories = []
     for m, model in enumerate(models):
         set_determinism(seeds[m], threads)
+        own = settings
+        if learning_rates is not None:
+            own = dataclasses.replace(settings, learning_rate=float(learning_rates[m]))
         histories.append(
             train_classifier(
                 model,
                 trains[m],
                 None if tests is None else tests[m],
-                settings,
+                own,
                 seeds[m],
                 names[m],
                 validation=None if validations is None else validations[m],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -93,6 +95,36 @@ def test_stacked_equals_alone(architecture, optimizer):
     stacked = _models(architecture, seeds)
     h_stacked = train_stacked(stacked, trains, settings, seeds, [f"s{s}" for s in seeds])
     _assert_same(alone, h_alone, stacked, h_stacked, settings.learning_rate)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_stacked_models_with_their_own_learning_rates_equal_alone(optimizer):
+    """A stack whose models have learning rates of their own (a secondary's candidates stacked
+    with its replicates) trains each exactly as a plain loop at that rate."""
+    seeds, rates = [3, 3, 4, 4], [1e-3, 1e-4, 1e-3, 3e-3]
+    trains = [_data(s, 40) for s in seeds]
+    base = TrainSettings(
+        epochs=3, batch_size=16, learning_rate=0.5, optimizer=optimizer, weight_decay=1e-4
+    )
+    alone, h_alone = [], []
+    for seed, rate, train in zip(seeds, rates, trains, strict=True):
+        settings = dataclasses.replace(base, learning_rate=rate)
+        models, histories = _alone("minicnn", [seed], [train], settings, full_train_accuracy=False)
+        alone += models
+        h_alone += histories
+    stacked = _models("minicnn", seeds)
+    h_stacked = train_stacked(stacked, trains, base, seeds, list("abcd"), learning_rates=rates)
+    for a, b, ha, hb, rate in zip(alone, stacked, h_alone, h_stacked, rates, strict=True):
+        _assert_same([a], [ha], [b], [hb], rate)
+    # the rates took effect: the same seed and data at another rate is another model
+    assert not _weights_close(stacked[0], stacked[1], rates[1])[0]
+    plain = _models("minicnn", seeds)
+    h_plain = train_models(
+        plain, trains, base, seeds, list("abcd"), full_train_accuracy=False, learning_rates=rates
+    )
+    for a, b, ha, hb in zip(alone, plain, h_alone, h_plain, strict=True):
+        assert ha == hb
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
 def test_stacked_early_stopping_per_model():
