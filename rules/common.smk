@@ -6,6 +6,7 @@ from saliency_fingerprints.configuration import (
     backdoor_enabled,
     backdoor_primaries,
     canonical,
+    canonical_learning_rate,
     check_backdoor,
     check_dataset_files,
     check_experiments,
@@ -154,8 +155,10 @@ def secondary_config(experiment):
 def secondary_params(experiment, variants):
     """``secondary_config`` less what cannot change results of ``variants``: ``shuffle_seed``
     only shapes the pixel-shuffled variants, so editing it reruns nothing built on originals.
+    Learning-rate candidates in another order, or a list of one rate, rerun nothing either.
     ``seed`` is the first replicate's; replicate r uses ``seed`` + r (``replicate_params``)."""
     cfg = secondary_config(experiment)
+    cfg["learning_rate"] = canonical_learning_rate(cfg["learning_rate"])
     if all(v == "original" for v in variants):
         cfg.pop("shuffle_seed", None)
     if float(cfg["fit_fraction"]) == FIT_FRACTION:  # the default: absent, as before the key

@@ -206,6 +206,20 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
     return merged
 
 
+def learning_rate_candidates(value) -> list[float]:
+    """A secondary's ``learning_rate`` (a number, or a list of candidates chosen on validation
+    maps) as its candidates, ascending."""
+    return sorted(float(v) for v in (value if isinstance(value, list) else [value]))
+
+
+def canonical_learning_rate(value):
+    """A secondary's ``learning_rate`` in the one form its params record: a list of candidates
+    sorted (their order does not matter), a list of one rate as that rate."""
+    if not isinstance(value, list):
+        return value
+    return value[0] if len(value) == 1 else sorted(value)
+
+
 def canonical(value):
     """``value`` with the keys of every mapping in it sorted, recursively: the form of a rule's
     ``params`` entry. Lists and tuples keep their order, which is meaningful there.

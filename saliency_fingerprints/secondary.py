@@ -5,8 +5,10 @@ A secondary of an experiment sees the maps of one method from every primary of t
 image*: all maps of an image, from every primary and every method, fall on the same side, so no
 test map comes from an image whose map was used in training. Inside the training images a seeded
 *validation* split (``secondary.validation_fraction``, again by source image) chooses the epoch
-the secondary keeps (highest validation accuracy; ``secondary.patience`` stops early): nothing is
-chosen by looking at the test maps, which the cross-evaluation scores once.
+the secondary keeps (highest validation accuracy; ``secondary.patience`` stops early) and, where
+``secondary.learning_rate`` lists candidates, the learning rate (each candidate trained from the
+same initialisation on the same batches, :func:`~.training.select_candidate`): nothing is chosen by
+looking at the test maps, which the cross-evaluation scores once.
 
 A *replicate* (config ``replicates``) is one secondary with its own seed (``secondary.seed`` plus
 the replicate index) and, with ``replicates.disjoint_primaries``, its own set of primaries; the
@@ -17,6 +19,7 @@ Map preprocessing (config ``secondary.preprocess``, applied per map): :mod:`.pre
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .configuration import schema_defaults
+from .configuration import learning_rate_candidates, schema_defaults
 from .errors import ConfigError, DataError
 from .models import build_model
 from .preprocess import preprocess_maps
@@ -34,7 +37,7 @@ from .shuffle import apply_variant
 from .stacked import train_models
 from .stage import Stage
 from .store import chunk_ranges, one_line
-from .training import TrainSettings, save_model, select_epoch
+from .training import TrainSettings, save_model, select_candidate, select_epoch
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +218,10 @@ def train_secondary(
     ``replicates``: one dict per replicate with ``replicate`` (index), ``seed``, ``primaries``
     (names in label order) and ``maps`` (one store per primary, same order). Each replicate is
     trained exactly as if alone (its own seed, determinism reset), on its fitting maps, keeping
-    its best validation epoch; the test maps are not read. ``cfg``: the experiment's secondary
-    block (its ``seed`` is replaced by each replicate's). All replicates' weights go into one
-    safetensors file (``rep<r>.`` prefixes), their metrics into one JSON file."""
+    its best validation epoch (and, with learning-rate candidates, the candidate best on
+    validation); the test maps are not read. ``cfg``: the experiment's secondary block (its
+    ``seed`` is replaced by each replicate's). All replicates' weights go into one safetensors
+    file (``rep<r>.`` prefixes), their metrics into one JSON file."""
     stage = Stage(
         "train_secondary",
         {
@@ -231,34 +235,48 @@ def train_secondary(
         },
         device,
     )
-    settings = TrainSettings.from_config(cfg)
+    rates = learning_rate_candidates(cfg["learning_rate"])
+    settings = TrainSettings.from_config({**cfg, "learning_rate": rates[0]})
     prepared = [
         _prepare_replicate(rep, experiment, method, variant, cfg, device, threads)
         for rep in replicates
     ]
+    # every (replicate, candidate) is one training; candidates start from the replicate's init
+    runs = [(p, rate) for p in prepared for rate in rates]
+    trained = [p.model if len(rates) == 1 else copy.deepcopy(p.model) for p, _ in runs]
     histories = train_models(
-        [p.model for p in prepared],
-        [p.fit for p in prepared],
+        trained,
+        [p.fit for p, _ in runs],
         settings,
-        [p.seed for p in prepared],
-        [p.name for p in prepared],
-        validations=[p.validation for p in prepared],
+        [p.seed for p, _ in runs],
+        [p.name if len(rates) == 1 else f"{p.name} lr {rate:g}" for p, rate in runs],
+        validations=[p.validation for p, _ in runs],
         patience=cfg["patience"],
         full_train_accuracy=False,
         threads=threads,
+        learning_rates=[rate for _, rate in runs],
     )
-    models = {f"rep{p.record['replicate']}": p.model for p in prepared}
-    records = []
-    for p, history in zip(prepared, histories, strict=True):
-        kept = select_epoch(history)
+    models, records = {}, []
+    for r, p in enumerate(prepared):
+        own = slice(r * len(rates), (r + 1) * len(rates))
+        searched = [_candidate(rate, h) for rate, h in zip(rates, histories[own], strict=True)]
+        chosen = select_candidate(histories[own], rates)
+        models[f"rep{p.record['replicate']}"] = trained[own][chosen]
+        if len(rates) > 1:
+            log.info(
+                "%s: learning rate %g chosen on validation maps (%s)",
+                p.name,
+                rates[chosen],
+                ", ".join(
+                    f"{c['learning_rate']:g}: {c['validation_accuracy']:.3f}" for c in searched
+                ),
+            )
         records.append(
             {
                 **p.record,
-                "epochs_run": len(history),
-                "selected_epoch": kept,
-                "validation_accuracy": history[kept - 1]["validation_accuracy"],
+                **searched[chosen],
                 "map_shape": p.map_shape,  # the secondary's input: channels, side
-                "history": history,
+                **({"learning_rate_search": searched} if len(rates) > 1 else {}),
             }
         )
     channels, size = records[0]["map_shape"]
@@ -271,6 +289,19 @@ def train_secondary(
         "replicates": records,
     }
     return stage.write_metrics(metrics_out, metrics)
+
+
+def _candidate(rate: float, history: list[dict]) -> dict:
+    """One validated training's record: its learning rate, kept epoch and history."""
+    kept = select_epoch(history)
+    return {
+        "learning_rate": rate,
+        "epochs_run": len(history),
+        "selected_epoch": kept,
+        "validation_accuracy": history[kept - 1]["validation_accuracy"],
+        "validation_loss": history[kept - 1]["validation_loss"],
+        "history": history,
+    }
 
 
 @dataclass

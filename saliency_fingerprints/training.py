@@ -231,6 +231,18 @@ def select_epoch(history: list[dict]) -> int:
     return int(best["epoch"])
 
 
+def select_candidate(histories: list[list[dict]], learning_rates: list[float]) -> int:
+    """Which of several validated trainings of one model (one per learning-rate candidate) a
+    search keeps: the highest validation accuracy at each one's kept epoch; ties: the lower
+    validation loss there, then the smaller learning rate (the candidates' order never counts)."""
+
+    def key(i: int) -> tuple:
+        kept = histories[i][select_epoch(histories[i]) - 1]
+        return (-kept["validation_accuracy"], kept["validation_loss"], learning_rates[i])
+
+    return min(range(len(histories)), key=key)
+
+
 def _evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
 ) -> tuple[float, float]:

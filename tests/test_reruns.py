@@ -197,6 +197,18 @@ EDITS = {
             "all": 1,
         },
     ),
+    # a list of one learning rate is that rate: nothing reruns
+    "learning-rate-list-of-one": (_edit("secondary.learning_rate", [3e-4]), {}),
+    "learning-rate-candidates": (
+        _edit("secondary.learning_rate", [1e-3, 3e-4]),
+        {
+            "train_secondary": 8,
+            "cross_evaluate": 4,
+            "combine_tables": 1,
+            "plot_heatmap": 4,
+            "all": 1,
+        },
+    ),
     "one-experiment-secondary": (
         _override_second_secondary,
         {
