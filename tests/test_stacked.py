@@ -206,16 +206,29 @@ def test_stack_refuses_mixed_models_and_sizes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_graphed_stack_equals_alone_on_cuda():
+@pytest.mark.parametrize("rates", [None, [1e-3, 1e-4, 3e-4]], ids=["one-rate", "own-rates"])
+def test_graphed_stack_equals_alone_on_cuda(rates):
     device = torch.device("cuda")
     seeds = [0, 1, 2]
     trains = [tuple(t.to(device) for t in _data(s, 200)) for s in seeds]
     settings = TrainSettings(epochs=3, batch_size=32, learning_rate=1e-3)
+    own = rates or [settings.learning_rate] * len(seeds)
     alone = [m.to(device) for m in _models("minicnn", seeds)]
     h_alone = [
-        train_classifier(m, t, None, settings, s, "alone", full_train_accuracy=False)
-        for m, t, s in zip(alone, trains, seeds, strict=True)
+        train_classifier(
+            m,
+            t,
+            None,
+            dataclasses.replace(settings, learning_rate=rate),
+            s,
+            "alone",
+            full_train_accuracy=False,
+        )
+        for m, t, s, rate in zip(alone, trains, seeds, own, strict=True)
     ]
     stacked = [m.to(device) for m in _models("minicnn", seeds)]
-    h_stacked = train_stacked(stacked, trains, settings, seeds, ["a", "b", "c"])
-    _assert_same(alone, h_alone, stacked, h_stacked, settings.learning_rate, atol=1e-3)
+    h_stacked = train_stacked(
+        stacked, trains, settings, seeds, ["a", "b", "c"], learning_rates=rates
+    )
+    for a, b, ha, hb, rate in zip(alone, stacked, h_alone, h_stacked, own, strict=True):
+        _assert_same([a], [ha], [b], [hb], rate, atol=1e-3)
