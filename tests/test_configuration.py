@@ -231,13 +231,18 @@ def test_validation_fills_the_smooth_and_efficient_randomisation_blocks():
 
 
 def shipped_configs() -> dict[str, dict]:
-    """Every config file shipped, the overlays over the default config, and the tests' tiny
-    config with the overrides of the two tests above."""
+    """Every config file shipped, the overlays over the config they are for (a preset's,
+    ``<preset>-*.yaml``, over that preset; the others over the default config), and the tests'
+    tiny config with the overrides of the two tests above."""
     configs = {p.name: yaml.safe_load(p.read_text()) for p in SCHEMA.parents[1].glob("*.yaml")}
-    default = configs["config.yaml"]
+    presets = [name for name in configs if name != "config.yaml"]
     for path in sorted((SCHEMA.parents[1] / "overlays").glob("*.yaml")):
-        configs[f"config.yaml + {path.name}"] = deep_merge(
-            default, yaml.safe_load(path.read_text())
+        base = next(
+            (p for p in presets if path.name.startswith(p.removesuffix(".yaml") + "-")),
+            "config.yaml",
+        )
+        configs[f"{base} + {path.name}"] = deep_merge(
+            configs[base], yaml.safe_load(path.read_text())
         )
     tiny = tiny_config()
     tiny["experiments"]["two_cnn2"]["secondary"] = {"epochs": 5}
