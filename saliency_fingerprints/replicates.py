@@ -30,7 +30,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 
@@ -54,6 +53,8 @@ class Estimate:
             return float("nan")
         if self.se <= 0:
             return 0.0 if self.mean > reference else 1.0
+        from scipy import stats  # lazily: ~1-2 s to import, and figure jobs never call it
+
         return float(stats.t.sf((self.mean - reference) / self.se, self.df))
 
 
@@ -73,6 +74,8 @@ def _combine(values: np.ndarray, test_variance: float, lower: float, upper: floa
         df = variance**2 / (replicate_variance**2 / (r - 1))
     else:
         df = math.inf
+    from scipy import stats  # lazily, as above
+
     q = float(stats.t.ppf(0.5 + LEVEL / 2, df)) if np.isfinite(df) else stats.norm.ppf(0.975)
     low = max(lower, mean - q * se)
     high = min(upper, mean + q * se)

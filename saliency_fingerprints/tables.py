@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from .method_names import short_name
 from .provenance import Provenance, as_attr
@@ -86,6 +85,8 @@ def p_above_chance(successes: int, n: int, chance: float) -> float:
     independent trial)."""
     if n == 0:
         return float("nan")
+    from scipy.stats import binomtest  # lazily: ~1-2 s to import, and figure jobs never call it
+
     return float(binomtest(successes, n, chance, alternative="greater").pvalue)
 
 
@@ -111,15 +112,31 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+CELL = ["experiment", "variant", "train_method", "test_method"]
+
+
+def cell_means(replicates: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy per cell averaged over its replicates, with the cell's chance, smallest test
+    set and replicate count: what a heatmap shows, without :func:`summarise`'s intervals and
+    tests (and the ~1-2 s import of scipy.stats they need)."""
+    grouped = replicates.groupby(CELL, sort=False)
+    table = grouped.agg(
+        accuracy=("accuracy", "mean"),
+        chance=("chance", "first"),
+        n_test=("n_test", "min"),
+        n_replicates=("accuracy", "size"),
+    )
+    return table.reset_index()
+
+
 def summarise(replicates: pd.DataFrame) -> pd.DataFrame:
     """One row per cell (experiment, variant, train method, test method) over its replicates:
     mean, spread and the replicate-and-test-sample interval (:mod:`.replicates`) of the
     accuracy and of its difference from the class cue, one-sided tests against chance and the
     cue (Holm-adjusted over the cells of each (experiment, variant) block), and the accuracy
     on same-class images."""
-    keys = ["experiment", "variant", "train_method", "test_method"]
     rows = []
-    for cell, group in replicates.groupby(keys, sort=False):
+    for cell, group in replicates.groupby(CELL, sort=False):
         chance = float(group["chance"].iloc[0])
         acc = replicate_interval(group["accuracy"], group["n_test"])
         diff = paired_difference(
@@ -137,7 +154,7 @@ def summarise(replicates: pd.DataFrame) -> pd.DataFrame:
         same_est = replicate_interval(same, group.loc[same.index, "n_same_class"])
         rows.append(
             {
-                **dict(zip(keys, cell, strict=True)),
+                **dict(zip(CELL, cell, strict=True)),
                 "n_replicates": acc.n_replicates,
                 "accuracy": acc.mean,
                 "accuracy_sd": acc.sd,

@@ -5,11 +5,11 @@ import pandas as pd
 
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.plots import plot_heatmap
-from saliency_fingerprints.tables import summarise
+from saliency_fingerprints.tables import cell_means
 
 
 def main(job):
-    table = summarise(pd.read_csv(job.input.table))  # mean over replicates per cell
+    table = cell_means(pd.read_csv(job.input.table))  # mean over replicates per cell
     title = f"{job.wildcards.experiment} - {job.wildcards.variant}"
     plot_heatmap(
         table=table,

@@ -119,6 +119,21 @@ def test_summary_uses_the_replicate_interval_and_the_class_cue():
     assert "3 disjoint primary sets" in text and "test accuracy 0.30-0.40" in text
 
 
+def test_cell_means_are_the_summarys_accuracy_without_its_statistics():
+    """The heatmap's cheap per-cell mean agrees with :func:`summarise`."""
+    from saliency_fingerprints.tables import cell_means, summarise
+
+    rows = pd.concat(
+        [replicate_rows([0.90, 0.92, 0.97]), replicate_rows([0.5, 0.6], cue=0.5)], ignore_index=True
+    )
+    rows.loc[rows.index[3:], "test_method"] = "other"
+    means, full = cell_means(rows), summarise(rows)
+    assert list(means["test_method"]) == list(full["test_method"])
+    assert means["accuracy"].tolist() == pytest.approx(full["accuracy"].tolist())
+    assert means["n_replicates"].tolist() == [3, 2]
+    assert set(means.columns) >= {"chance", "n_test"}
+
+
 def test_chance_note_names_cells_not_above_the_cue():
     frame = block([1e-9, 1e-9]).assign(p_holm_vs_cue=[1e-3, 0.4])
     note = chance_note(frame)

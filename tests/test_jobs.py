@@ -68,16 +68,43 @@ def test_jobs_without_a_device_do_not_import_torch():
         {m for s in NO_DEVICE if s not in WITH_TORCH for m in library_imports(SCRIPTS / f"{s}.py")}
     )
     assert "saliency_fingerprints.tables" in modules and "saliency_fingerprints.plots" in modules
+    assert loaded_by(modules, prefix="torch") == [], modules
+
+
+def loaded_by(modules: list[str], prefix: str, then: str = "") -> list[str]:
+    """The modules named ``prefix`` or below it that importing ``modules`` (and running the
+    code ``then``) loads, in one fresh process."""
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+        f"{then}\n"
+        f"print([m for m in sys.modules if m == {prefix!r} or m.startswith({prefix + '.'!r})])\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    ).stdout.strip()
-    assert out == "[]", f"{modules} import {out}"
+    ).stdout
+    return ast.literal_eval(out.strip())
+
+
+FIGURE_SCRIPTS = [p.stem for p in SCRIPT_PATHS if p.stem.startswith("plot_")]
+
+
+def test_figure_jobs_do_not_import_scipy_stats():
+    """scipy.stats takes 1-2 s to import, more than a figure's work: the figure jobs' library
+    modules, and the per-cell means the heatmap draws, leave it unimported (the tables' jobs
+    import it when they compute intervals and tests)."""
+    modules = sorted({m for s in FIGURE_SCRIPTS for m in library_imports(SCRIPTS / f"{s}.py")})
+    assert len(FIGURE_SCRIPTS) >= 3 and "saliency_fingerprints.plots" in modules
+    heatmap = (
+        "import pandas as pd\n"
+        "from saliency_fingerprints.tables import cell_means\n"
+        "rows = pd.DataFrame({'experiment': ['e'] * 2, 'variant': ['original'] * 2,\n"
+        "    'train_method': ['grad'] * 2, 'test_method': ['grad'] * 2, 'accuracy': [0.5, 0.7],\n"
+        "    'chance': [0.5] * 2, 'n_test': [10, 12]})\n"
+        "assert cell_means(rows)['accuracy'].iloc[0] == 0.6"
+    )
+    assert loaded_by(modules, prefix="scipy.stats", then=heatmap) == [], modules
 
 
 def test_run_job_without_a_device_hands_none_and_says_so(tmp_path, monkeypatch):
