@@ -345,13 +345,17 @@ def save_model(
     in_channels: int,
     image_size: int,
     num_classes: int,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Weights as safetensors; the metadata says how to rebuild the module. A dict of models
     (e.g. the replicates of one secondary, ``{"rep0": m0, "rep1": m1}``) goes into one file, each
-    model's tensors under its key (``rep0.stem.weight``); :func:`load_model` takes one back."""
+    model's tensors under its key (``rep0.stem.weight``); :func:`load_model` takes one back.
+    ``metadata``: more strings to record (how the models were trained, e.g. the learning rate
+    chosen on validation); :func:`model_metadata` reads them back."""
     from .store import atomic_output
 
     meta = {
+        **(metadata or {}),
         "architecture": architecture,
         "in_channels": str(in_channels),
         "image_size": str(image_size),
@@ -382,19 +386,29 @@ def canonical_safetensors(data: bytes) -> bytes:
     return data[:8] + text.ljust(length, b" ") + data[8 + length :]
 
 
+def model_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata that :func:`save_model` wrote, without loading the weights."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (OSError, ValueError, SafetensorError) as err:
+        raise DataError(f"{path}: not a readable model file ({err})") from None
+
+
 def load_model(
     path: str | Path, device: torch.device | str = "cpu", name: str | None = None
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (no pickle involved); ``name`` picks one
     model of a file that holds several."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: model weights not found")
+    meta = model_metadata(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
         names = meta["models"].split(",") if "models" in meta else [""]
         if (name or "") not in names:
             raise DataError(f"{path}: holds no model {name!r}; it holds {', '.join(names)}")
@@ -408,6 +422,6 @@ def load_model(
             int(meta["num_classes"]),
         )
         model.load_state_dict(state)
-    except (KeyError, RuntimeError, OSError, ValueError) as err:
+    except (KeyError, RuntimeError, OSError, ValueError, SafetensorError) as err:
         raise DataError(f"{path}: not a readable model file ({err})") from None
     return model.to(device).eval()

@@ -450,3 +450,14 @@ def test_missing_map_store_metadata(tmp_path):
 
     with pytest.raises(DataError, match=r"a\.zarr: expected a 'maps' variable"):
         open_maps(path)
+
+
+def test_corrupt_model_file(tmp_path):
+    """A truncated or foreign weights file: one line naming it, not a safetensors traceback."""
+    from saliency_fingerprints.training import load_model, model_metadata
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"not a safetensors file, just some bytes")
+    for read in (load_model, model_metadata):
+        with pytest.raises(DataError, match=r"model\.safetensors: not a readable model file"):
+            read(path)
