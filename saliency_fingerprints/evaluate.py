@@ -15,7 +15,7 @@ from .secondary import load_mapset, split_ids, to_tensors
 from .stage import Stage
 from .store import open_maps
 from .tables import REPLICATE_COLUMNS, p_above_chance, write_table
-from .training import load_model, predict
+from .training import load_model, model_metadata, predict
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ def cross_evaluate(
             scored[test_method] = (to_tensors(test, device), cue == test.y, same)
         for train_method, weights in rep["secondaries"].items():
             model = load_model(weights, device, f"rep{rep['replicate']}")
+            # the learning rate and epoch chosen on validation (absent from older weights files)
+            trained = model_metadata(weights)
+            rate = trained.get(f"rep{rep['replicate']}.learning_rate")
+            epoch = trained.get(f"rep{rep['replicate']}.epoch")
             for test_method, ((x, y), cue_right, same) in scored.items():
                 right = (predict(model, x) == y).cpu().numpy()
                 n = len(right)
@@ -98,6 +102,8 @@ def cross_evaluate(
                         "primaries": ",".join(primaries),
                         "train_method": train_method,
                         "test_method": test_method,
+                        "secondary_learning_rate": float(rate) if rate else None,
+                        "secondary_epoch": int(epoch) if epoch else None,
                         "accuracy": float(right.mean()),
                         "n_test": n,
                         "chance": chance,

@@ -281,7 +281,15 @@ def train_secondary(
         )
     channels, size = records[0]["map_shape"]
     n_primaries = len(replicates[0]["primaries"])
-    save_model(models, weights_out, cfg["architecture"], channels, size, n_primaries)
+    # how each replicate was trained travels with its weights, to the cross-evaluation's rows
+    training = {
+        f"rep{r['replicate']}.{key}": str(r[field])
+        for r in records
+        for key, field in (("learning_rate", "learning_rate"), ("epoch", "selected_epoch"))
+    }
+    save_model(
+        models, weights_out, cfg["architecture"], channels, size, n_primaries, metadata=training
+    )
     metrics = {
         "experiment": experiment,
         "method": method,

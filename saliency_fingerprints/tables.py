@@ -29,6 +29,8 @@ REPLICATE_COLUMNS = [
     "primaries",
     "train_method",
     "test_method",
+    "secondary_learning_rate",  # chosen on validation maps where candidates were given
+    "secondary_epoch",  # the kept epoch, chosen on validation maps
     "accuracy",
     "n_test",
     "chance",
@@ -255,6 +257,30 @@ def _replicates_line(block_replicates: pd.DataFrame) -> str:
     return f"{len(reps)} replicate(s): secondary seeds {seeds}; {primaries}"
 
 
+def _training_line(block_replicates: pd.DataFrame) -> str:
+    """Each secondary's learning rate and kept epoch per replicate: e.g. ``Grad 0.0003 (epoch
+    4, 6, 5)``, or ``Grad 0.0001, 0.001, 0.001 (epoch 4, 6, 5)`` where the replicates chose
+    different rates."""
+    if (
+        "secondary_epoch" not in block_replicates
+        or block_replicates["secondary_epoch"].isna().all()
+    ):
+        return ""
+    parts = []
+    one_per_secondary = block_replicates.drop_duplicates(["train_method", "replicate"])
+    for method, group in one_per_secondary.groupby("train_method", sort=False):
+        group = group.sort_values("replicate")
+        rates = [f"{r:g}" for r in group["secondary_learning_rate"]]
+        rates = rates[0] if len(set(rates)) == 1 else ", ".join(rates)
+        epochs = ", ".join(str(int(e)) for e in group["secondary_epoch"].dropna())
+        parts.append(f"{short_name(method)} {rates} (epoch {epochs})")
+    return (
+        "Secondaries' learning rate (chosen on validation maps where `secondary.learning_rate` "
+        "lists candidates, else fixed) and kept epoch (chosen on validation maps), by replicate: "
+        f"{'; '.join(parts)}.\n\n"
+    )
+
+
 def markdown_report(
     table: pd.DataFrame,
     replicates: pd.DataFrame | None = None,
@@ -290,6 +316,7 @@ def markdown_report(
                 f"{_replicates_line(mine)}; {int(block['n_test'].iloc[0])} test maps per "
                 "replicate.\n\n"
             )
+            parts.append(_training_line(mine))
             parts.append(_primaries_line(mine, primary_accuracy))
         cue = block.drop_duplicates("test_method")
         parts.append(

@@ -67,6 +67,11 @@ def test_workflow_table_has_p_values(tiny_run):
     assert own[own["train_method"] == "grad"]["above_chance"].all(), own
     text = (tiny_run / "results/tables/cross_evaluation.md").read_text()
     assert "Holm-adjusted" in text
+    # each replicate's secondary says its learning rate and the epoch kept on validation
+    rows = pd.read_csv(tiny_run / "results/tables/cross_evaluation_replicates.csv")
+    assert (rows["secondary_learning_rate"] == 3e-4).all()
+    assert rows["secondary_epoch"].between(1, 10).all()
+    assert "Grad 0.0003 (epoch " in text
 
 
 def replicate_rows(accuracies, cue=0.6, n=200, experiment="e"):
@@ -132,6 +137,21 @@ def test_cell_means_are_the_summarys_accuracy_without_its_statistics():
     assert means["accuracy"].tolist() == pytest.approx(full["accuracy"].tolist())
     assert means["n_replicates"].tolist() == [3, 2]
     assert set(means.columns) >= {"chance", "n_test"}
+
+
+def test_report_names_each_secondarys_learning_rate_and_kept_epoch():
+    from saliency_fingerprints.tables import markdown_report, summarise
+
+    rows = replicate_rows([0.90, 0.92, 0.94]).assign(
+        secondary_learning_rate=[1e-4, 1e-3, 1e-3], secondary_epoch=[4, 6, 5]
+    )
+    text = markdown_report(summarise(rows), rows)
+    assert "Grad 0.0001, 0.001, 0.001 (epoch 4, 6, 5)" in text
+    same = rows.assign(secondary_learning_rate=3e-4)
+    assert "Grad 0.0003 (epoch 4, 6, 5)" in markdown_report(summarise(same), same)
+    # tables from weights written before the columns existed: no line
+    old = rows.assign(secondary_learning_rate=None, secondary_epoch=None)
+    assert "Secondaries' learning rate" not in markdown_report(summarise(old), old)
 
 
 def test_chance_note_names_cells_not_above_the_cue():

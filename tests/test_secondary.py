@@ -15,7 +15,7 @@ from saliency_fingerprints.errors import ConfigError, DataError
 from saliency_fingerprints.preprocess import preprocess_maps
 from saliency_fingerprints.secondary import image_disjoint_split, train_secondary
 from saliency_fingerprints.store import MAP_DIMS
-from saliency_fingerprints.training import select_candidate
+from saliency_fingerprints.training import model_metadata, select_candidate
 
 
 def test_default_preprocessing_is_abs_sum_clipped_and_scaled():
@@ -151,6 +151,12 @@ def test_learning_rate_candidates_are_chosen_on_validation_maps(tmp_path):
         assert record["validation_accuracy"] == best["validation_accuracy"]
         assert record["history"] == best["history"]
     assert {r["learning_rate"] for r in metrics["replicates"]} == {3e-3}, "the test's premise"
+    # the chosen rate and kept epoch travel with the weights, for the cross-evaluation's rows
+    meta = model_metadata(weights)
+    for record in metrics["replicates"]:
+        r = record["replicate"]
+        assert float(meta[f"rep{r}.learning_rate"]) == record["learning_rate"]
+        assert int(meta[f"rep{r}.epoch"]) == record["selected_epoch"]
     searched = load_file(weights)
     single, single_metrics = _train(tmp_path, paths, 3e-3, "single")
     assert "learning_rate_search" not in single_metrics["replicates"][0]
