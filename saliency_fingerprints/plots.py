@@ -483,8 +483,9 @@ def plot_backdoor(
 
     from matplotlib.patches import Rectangle
 
-    from .backdoor import KINDS, Trigger, localisation_scores, mean_abs_maps, stamp
+    from .backdoor_tables import localisation_scores, mean_abs_maps
     from .datasets import open_dataset
+    from .trigger import KINDS, Trigger, stamp
 
     records = {}
     for path in metrics:

@@ -3,7 +3,7 @@ class, with the attack success rates and clean accuracies beside them."""
 
 import _bootstrap  # noqa: F401  (makes the library importable in conda envs)
 
-from saliency_fingerprints.backdoor import backdoor_table
+from saliency_fingerprints.backdoor_tables import backdoor_table
 from saliency_fingerprints.jobs import run_job
 from saliency_fingerprints.store import store_root
 

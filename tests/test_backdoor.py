@@ -1,5 +1,6 @@
-"""The backdoor experiment (saliency_fingerprints/backdoor.py, rules/backdoor.smk): the trigger,
-BadNets poisoning, the backdoored primary, its input-agnostic maps and the localisation table."""
+"""The backdoor experiment (saliency_fingerprints/backdoor.py, trigger.py, backdoor_tables.py,
+rules/backdoor.smk): the trigger, BadNets poisoning, the backdoored primary, its input-agnostic
+maps and the localisation table."""
 
 from __future__ import annotations
 
@@ -24,17 +25,17 @@ from conftest import (
 from snakemake.utils import validate
 
 from saliency_fingerprints.backdoor import (
-    SEED_COLUMNS,
-    Trigger,
     attack_success_rate,
     backdoor_class_maps,
-    backdoor_table,
-    localisation_scores,
     poison,
     poison_positions,
-    stamp,
-    summarise_scores,
     train_backdoor_primary,
+)
+from saliency_fingerprints.backdoor_tables import (
+    SEED_COLUMNS,
+    backdoor_table,
+    localisation_scores,
+    summarise_scores,
 )
 from saliency_fingerprints.configuration import (
     SCHEMA_PATH,
@@ -50,6 +51,7 @@ from saliency_fingerprints.models import build_model
 from saliency_fingerprints.plots import plot_backdoor
 from saliency_fingerprints.primary import train_primary
 from saliency_fingerprints.training import TrainSettings, accuracy, train_classifier
+from saliency_fingerprints.trigger import Trigger, stamp
 
 CPU = torch.device("cpu")
 TRIGGER = {"size": 2, "position": "bottom_right", "pattern": "checkerboard"}
