@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-CELL = ["experiment", "variant", "train_method", "test_method"]
+from .tables import CELL
 
 
 def verdict(row: pd.Series) -> str:
