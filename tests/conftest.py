@@ -6,6 +6,8 @@ import copy
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,9 +66,11 @@ def run_workflow(
     cores: int = 2,
     profile: str | None = None,
     timeout: float = 900,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``snakemake`` on this repository's Snakefile in ``workdir`` with ``cfg`` as the config
-    (written to ``workdir/config.yaml``); extra ``args`` go to the command line."""
+    (written to ``workdir/config.yaml``); extra ``args`` go to the command line; ``env``: the
+    environment (default: this process's)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
     if cfg is not None:
@@ -75,7 +79,7 @@ def run_workflow(
         cmd += ["--configfile", str(config_path)]
     cmd += ["--profile", profile or str(REPO / "profiles" / "default"), "--cores", str(cores)]
     cmd += list(args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -111,18 +115,86 @@ def tiny_cfg() -> dict:
     return copy.deepcopy(tiny_config())
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """The tiny workflow run once per test session; tests must not modify it."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    run_workflow(workdir, tiny_config())
+def _requests(item: pytest.Item, run: str) -> bool:
+    """Whether a test uses the session's ``run`` (``tiny_run`` or ``slurm_run``): as a fixture,
+    or through ``request.getfixturevalue`` in a module that lists it in ``REQUESTS_RUNS``."""
+    return run in getattr(item, "fixturenames", ()) or run in getattr(
+        getattr(item, "module", None), "REQUESTS_RUNS", ()
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that need no workflow run first, then those that use ``tiny_run``, then those that
+    use ``slurm_run`` (each module kept whole, in its order): the runs, started in the background
+    (:func:`_background_runs`), are done by the time the tests that read them come."""
+
+    def rank(item: pytest.Item) -> int:
+        return 2 if _requests(item, "slurm_run") else 1 if _requests(item, "tiny_run") else 0
+
+    module_rank: dict[object, int] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        module_rank[module] = max(module_rank.get(module, 0), rank(item))
+    items.sort(key=lambda item: module_rank[getattr(item, "module", None)])
+
+
+def _tiny_run(workdir: Path, env: dict[str, str] | None = None) -> Path:
+    run_workflow(workdir, tiny_config(), env=env)
     return workdir
 
 
-@pytest.fixture(scope="session")
-def slurm_run(tmp_path_factory):
-    """The tiny workflow on a local SLURM cluster, once per session (tests/slurm_cluster.py);
-    skipped, with the reason, where the cluster cannot start."""
+@pytest.fixture(scope="session", autouse=True)
+def _background_runs(request, tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """The session's two workflow runs, started in one background thread as the session starts,
+    one after the other, where a selected test uses them (:func:`_requests`): the local
+    ``tiny_run``, then ``slurm_run`` (tests/slurm_cluster.py). Tests run one at a time and a
+    SLURM run waits on status polls, so each alone leaves the 2 CPUs half idle. Both get this
+    process's environment as the session starts, whatever a test sets while they run."""
+    from slurm_cluster import missing_slurm
     from slurm_cluster import slurm_run as run_on_slurm
 
-    yield from run_on_slurm(tmp_path_factory)
+    def wanted(name: str) -> bool:
+        return any(_requests(item, name) for item in request.session.items)
+
+    env = dict(os.environ)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workflow-run")
+    runs = {}
+    if wanted("tiny_run"):
+        runs["tiny_run"] = pool.submit(_tiny_run, tmp_path_factory.mktemp("tiny_run"), env)
+    if wanted("slurm_run") and missing_slurm() is None:
+        runs["slurm_run"] = pool.submit(
+            run_on_slurm,
+            tmp_path_factory.mktemp("slurm_cluster"),
+            tmp_path_factory.mktemp("slurm_run"),
+            env,
+        )
+    yield runs
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(_background_runs, tmp_path_factory) -> Path:
+    """The tiny workflow run once per test session; tests must not modify it."""
+    if "tiny_run" in _background_runs:
+        return _background_runs["tiny_run"].result()
+    return _tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def slurm_run(_background_runs, tmp_path_factory):
+    """The tiny workflow on a local SLURM cluster, once per session (tests/slurm_cluster.py);
+    skipped, with the reason, where the cluster cannot start."""
+    from slurm_cluster import missing_slurm
+    from slurm_cluster import slurm_run as run_on_slurm
+
+    reason = missing_slurm()
+    if reason:
+        pytest.skip(reason)
+    try:
+        if "slurm_run" in _background_runs:
+            return _background_runs["slurm_run"].result()
+        return run_on_slurm(
+            tmp_path_factory.mktemp("slurm_cluster"), tmp_path_factory.mktemp("slurm_run")
+        )
+    except RuntimeError as err:
+        pytest.fail(str(err))

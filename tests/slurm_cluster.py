@@ -12,7 +12,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from conftest import REPO, run_workflow, tiny_config
 
 from saliency_fingerprints import jobs
@@ -58,9 +57,9 @@ def missing_slurm() -> str | None:
     return None
 
 
-def scontrol_jobs(run_name: str) -> list[SlurmJob]:
+def scontrol_jobs(run_name: str, env: dict[str, str]) -> list[SlurmJob]:
     out = subprocess.run(
-        ["scontrol", "-o", "show", "job"], capture_output=True, text=True, check=True
+        ["scontrol", "-o", "show", "job"], capture_output=True, text=True, check=True, env=env
     ).stdout
 
     def field(line: str, key: str) -> str | None:
@@ -85,16 +84,15 @@ def scontrol_jobs(run_name: str) -> list[SlurmJob]:
     return sorted(found, key=lambda job: job.id)
 
 
-def slurm_run(tmp_path_factory):
+def slurm_run(state: Path, workdir: Path, env: dict[str, str] | None = None) -> SlurmRun:
     """The tiny workflow (``tiny_config()``, sanity checks included) run on a fresh local SLURM
-    cluster, one job failing once on purpose; a generator for a session fixture (conftest)."""
-    reason = missing_slurm()
-    if reason:
-        pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm_cluster")
+    cluster (its state in ``state``), one job failing once on purpose; the cluster is stopped
+    before this returns. Everything the run needs goes into its environment (``env``, default
+    this process's), none into this process's, so that it may run in a thread beside other
+    tests (tests/conftest.py)."""
     # 8 advertised CPUs and fake GPUs on a small machine: the six saliency and six secondary jobs
     # each go in one wave instead of three (fewer status-poll waits).
-    env = {**os.environ, "LOCAL_SLURM_CPUS": "8", "LOCAL_SLURM_GPUS": "8"}
+    env = {**(os.environ if env is None else env), "LOCAL_SLURM_CPUS": "8", "LOCAL_SLURM_GPUS": "8"}
     start = subprocess.run(
         ["bash", str(SCRIPT), "start", str(state)],
         capture_output=True,
@@ -103,29 +101,26 @@ def slurm_run(tmp_path_factory):
         timeout=120,
     )
     if start.returncode != 0:
-        pytest.fail(f"local SLURM cluster did not start:\n{start.stderr}")
+        raise RuntimeError(f"local SLURM cluster did not start:\n{start.stderr}")
     exports = dict(
         shlex.split(line)[1].split("=", 1)
         for line in start.stdout.splitlines()
         if line.startswith("export ")
     )
+    env = {**env, "SLURM_CONF": exports["SLURM_CONF"], "PATH": exports["PATH"]}
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key in ("SLURM_CONF", "PATH"):
-                patch.setenv(key, exports[key])
-            patch.setenv(jobs.FAIL_ONCE_ENV, f"*{RETRIED_LOG}")
-            workdir = tmp_path_factory.mktemp("slurm_run")
-            proc = run_workflow(
-                workdir,
-                tiny_config(),
-                "--workflow-profile",
-                str(SLURM_PROFILE),
-                profile=str(CI_PROFILE),
-                check=False,
-                timeout=900,
-            )
-            run_id = re.search(r"SLURM run ID: (\S+)", proc.stdout + proc.stderr)
-            slurm_jobs = scontrol_jobs(run_id.group(1)) if run_id else []
-        yield SlurmRun(workdir, proc, slurm_jobs)
+        proc = run_workflow(
+            workdir,
+            tiny_config(),
+            "--workflow-profile",
+            str(SLURM_PROFILE),
+            profile=str(CI_PROFILE),
+            check=False,
+            timeout=1500,  # it shares the 2 CPUs with the rest of the suite
+            env={**env, jobs.FAIL_ONCE_ENV: f"*{RETRIED_LOG}"},
+        )
+        run_id = re.search(r"SLURM run ID: (\S+)", proc.stdout + proc.stderr)
+        slurm_jobs = scontrol_jobs(run_id.group(1), env) if run_id else []
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(state)], timeout=120, check=False)
+        subprocess.run(["bash", str(SCRIPT), "stop", str(state)], timeout=120, check=False, env=env)
+    return SlurmRun(workdir, proc, slurm_jobs)

@@ -20,6 +20,9 @@ import xarray as xr
 from conftest import run_workflow, tiny_config
 from slurm_cluster import missing_slurm
 
+# ``runs`` asks for these where it can: conftest starts them in the background
+REQUESTS_RUNS = ("tiny_run", "slurm_run")
+
 
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory) -> tuple[Path, Path]:
