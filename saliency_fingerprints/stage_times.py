@@ -91,7 +91,7 @@ def _clock(seconds: float) -> str:
 def render(stages: list[Stage], source: str = "") -> str:
     """A markdown table: per stage its jobs, start offset, span and summed job time."""
     if not stages:
-        return "No finished jobs in the log.\n"
+        return "No finished jobs in the log (a run with --quiet logs none).\n"
     t0 = min(s.first_start for s in stages)
     wall = (max(s.last_end for s in stages) - t0).total_seconds()
     lines = [
@@ -109,6 +109,13 @@ def render(stages: list[Stage], source: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def emit(table: str, markdown: str | None) -> None:
+    """Print a markdown table, and write it to ``markdown`` when given (the commands here)."""
+    print(table, end="")
+    if markdown:
+        Path(markdown).write_text(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log", nargs="?", help="a Snakemake log (default: the newest one)")
@@ -120,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
-    table = render(parse_log(text), str(path))
-    print(table, end="")
-    if args.markdown:
-        Path(args.markdown).write_text(table)
+    emit(render(parse_log(text), str(path)), args.markdown)
     return 0
 
 

@@ -50,3 +50,9 @@ def test_render_and_cli(tmp_path, capsys):
         f"from {log}", f"from {log}"
     )
     assert main([str(tmp_path / "missing.log")]) == 1
+
+
+def test_a_log_without_jobs_says_why():
+    assert render(parse_log("Building DAG of jobs...\nSelect jobs to execute...\n")) == (
+        "No finished jobs in the log (a run with --quiet logs none).\n"
+    )
