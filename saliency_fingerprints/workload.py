@@ -1,0 +1,259 @@
+"""The work a config asks of its GPU stages, counted before anything runs.
+
+Per job, in the units of :mod:`~saliency_fingerprints.stage_rates` (which measures what a finished
+run did):
+
+* ``train_primary``: training images = training-subset size x epochs, per primary (a random-label
+  copy of the sanity checks: up to its epoch cap, as it stops once it has memorised its labels);
+* ``compute_saliency``: gradient rows = maps x the method's gradient evaluations per map, per
+  store (predicted-class and true-class stores apart);
+* ``train_secondary``: training images = fitting maps x epochs x learning-rate candidates, summed
+  over the job's replicates: an upper bound, as early stopping (``patience``) ends most sooner.
+
+The counts come from the jobs' own functions (a primary's training subset, the images that get
+maps, the secondary's image-disjoint splits, each method's gradient evaluations), so they are
+exact where a job's work is fixed. Not counted: the sanity checks, the backdoor experiment and
+cross-evaluation (forward passes only). Given a ``benchmarks/run.py`` result (``--bench``), each
+stage's work is also set against the bound of its model (:func:`.stage_rates.bounds`): the
+least time it can take on that device, whatever the jobs' order or sharing.
+
+    python -m saliency_fingerprints.workload --configfile config/paper.yaml \\
+        config/overlays/archive.yaml --images 25000 10000 --shape 3x32x32 [--bench X.json]
+
+Without ``--images``/``--shape`` the run's dataset store (``<results>/data/<name>.zarr``) gives
+the split sizes and the image shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import yaml
+import zarr
+
+from .configuration import (
+    Primary,
+    deep_merge,
+    expand_studies,
+    experiment_primaries,
+    experiment_replicates,
+    experiment_target,
+    sanity_primaries,
+    schema_defaults,
+    validate_config,
+)
+from .errors import ConfigError
+from .stage_rates import STAGES, Job, bounds, format_count, read_json
+from .stage_times import emit
+
+FIT_FRACTION = schema_defaults("properties", "secondary")["fit_fraction"]
+
+
+def load_config(paths: list[str]) -> dict:
+    """The config Snakemake would run with these ``--configfile`` files (later ones update
+    earlier ones key by key), validated, its studies expanded into experiments."""
+    config: dict = {}
+    for path in paths:
+        try:
+            config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read the config ({err})") from None
+    validate_config(config)
+    expand_studies(config)
+    return config
+
+
+def store_sizes(config: Mapping) -> tuple[int, int, tuple[int, int, int]] | None:
+    """``(train images, test images, (C, H, W))`` from the run's dataset store, if it exists."""
+    store = Path(config["results"]) / "data" / f"{config['dataset']['name']}.zarr"
+    try:
+        group = zarr.open_group(str(store), mode="r")
+        split = np.array([str(v) for v in group["split"][:]])
+        shape = tuple(int(v) for v in group["image"].shape[1:])
+    except (OSError, KeyError, ValueError, TypeError, zarr.errors.BaseZarrError):
+        return None
+    return int((split == "train").sum()), int((split == "test").sum()), shape
+
+
+class Planner:
+    """Counts each job's work for ``config`` on a dataset of ``n_train`` + ``n_test`` images of
+    ``shape`` (C, H, W)."""
+
+    def __init__(self, config: Mapping, n_train: int, n_test: int, shape: tuple) -> None:
+        self.config, self.shape = config, tuple(shape)
+        self.split = np.array(["train"] * n_train + ["test"] * n_test)
+        self.key = "x".join(map(str, self.shape))
+
+    def model(self, architecture: str) -> str:
+        return f"{architecture} {self.key}"
+
+    def training_images(self, primary: Primary) -> int:
+        from .primary import training_subset
+
+        ids = np.flatnonzero(self.split == "train")
+        data = primary.seed if primary.data_seed is None else primary.data_seed
+        return len(training_subset(ids, self.config["primary_training"]["train_fraction"], data))
+
+    def primary(self, primary: Primary, epochs: int | None = None, label: str = "") -> Job:
+        if epochs is None:
+            epochs = primary.epochs
+        if epochs is None:
+            epochs = int(self.config["primary_training"]["epochs"])
+        work = self.training_images(primary) * epochs
+        return Job(
+            "train_primary", self.model(primary.architecture), work, 0.0, primary.name + label
+        )
+
+    def map_ids(self) -> np.ndarray:
+        from .saliency.job import select_images
+
+        s = self.config["saliency"]
+        return select_images(self.split, s["images"], s.get("max_images"), int(s["seed"]))
+
+    def gradient_evaluations(self, method: str, architecture: str) -> int:
+        from .models import build_model
+        from .saliency import build_method
+
+        model = build_model(architecture, self.shape[0], self.shape[1], 10)
+        params = self.config["methods"].get(method) or {}
+        return int(build_method(method, model, params, 1).gradient_evaluations)
+
+    def store(self, target: str, method: str, primary: Primary) -> Job:
+        k = self.gradient_evaluations(method, primary.architecture)
+        work = len(self.map_ids()) * k
+        name = f"{target}/{method}/{primary.name}"
+        return Job("compute_saliency", self.model(primary.architecture), work, 0.0, name)
+
+    def fitting_images(self, cfg: Mapping) -> int:
+        from .secondary import fit_subset, image_disjoint_split, validation_split
+
+        seed = int(cfg["split_seed"])
+        train, _ = image_disjoint_split(self.map_ids(), float(cfg["test_fraction"]), seed)
+        fit, _ = validation_split(train, float(cfg["validation_fraction"]), seed)
+        return len(fit_subset(fit, float(cfg.get("fit_fraction", FIT_FRACTION)), seed))
+
+    def secondary(self, experiment: str, method: str, variant: str) -> Job:
+        cfg = deep_merge(
+            self.config["secondary"], self.config["experiments"][experiment].get("secondary", {})
+        )
+        rates = cfg["learning_rate"]
+        candidates = len(rates) if isinstance(rates, list) else 1
+        per_primary = self.fitting_images(cfg) * int(cfg["epochs"]) * candidates
+        work = sum(
+            per_primary * len(experiment_primaries(self.config, experiment, r))
+            for r in experiment_replicates(self.config, experiment)
+        )
+        channels = self.shape[0] if cfg["preprocess"]["reduce"] == "none" else 1
+        model = f"{cfg['architecture']} {channels}x{self.shape[1]}x{self.shape[2]}"
+        return Job("train_secondary", model, work, 0.0, f"{experiment}/{method}/{variant}")
+
+    def jobs(self) -> list[Job]:
+        """Every primary, map store and secondary job of the config, each once."""
+        config = self.config
+        primaries: dict[str, Job] = {}
+        stores: dict[str, Job] = {}
+        secondaries = []
+        for experiment, spec in config["experiments"].items():
+            target = experiment_target(config, experiment)
+            for r in experiment_replicates(config, experiment):
+                for p in experiment_primaries(config, experiment, r):
+                    primaries.setdefault(p.name, self.primary(p))
+                    for method in spec["methods"]:
+                        key = f"{target}/{method}/{p.name}"
+                        if key not in stores:
+                            stores[key] = self.store(target, method, p)
+            for method in spec["methods"]:
+                for variant in spec.get("variants") or ["original"]:
+                    secondaries.append(self.secondary(experiment, method, variant))
+        sanity = config.get("sanity_checks") or {}
+        for p in sanity_primaries(config):
+            primaries.setdefault(p.name, self.primary(p))
+        random_labels = sanity.get("random_labels") or {}
+        if sanity_primaries(config) and random_labels.get("enabled", True):
+            for p in sanity_primaries(config):
+                cap = random_labels.get("epochs")
+                if isinstance(cap, dict):
+                    cap = cap.get(p.architecture)
+                job = self.primary(p, cap, "-random_labels")
+                primaries[job.path] = job
+        return [*primaries.values(), *stores.values(), *secondaries]
+
+
+def render(jobs: list[Job], bound_of: dict, source: str = "", bench: str = "") -> str:
+    """Per (stage, model): jobs and work, and with bounds the seconds at the bound; totals."""
+    rows: dict[tuple[str, str], list] = {}
+    for job in jobs:
+        row = rows.setdefault((job.stage, job.model), [0, 0.0])
+        row[0] += 1
+        row[1] += job.work
+    order = list(STAGES)
+    lines = [
+        f"Planned work{f' of {source}' if source else ''}"
+        f"{f', bounds from {bench}' if bench else ''} (train_secondary: all epochs, an upper "
+        "bound; train_primary of random-label copies: their epoch cap).",
+        "",
+        "| stage | model | jobs | work | bound (/s) | seconds at the bound |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    total, complete = 0.0, True
+    for (stage, model), (count, work) in sorted(rows.items(), key=lambda kv: order.index(kv[0][0])):
+        bound = bound_of.get((STAGES[stage], model))
+        seconds = None if not bound else work / bound
+        total += seconds or 0.0
+        complete &= seconds is not None
+        lines.append(
+            f"| {stage} | {model} | {count} | {format_count(work)} {STAGES[stage]} | "
+            f"{'-' if not bound else format_count(bound)} | "
+            f"{'-' if seconds is None else f'{seconds:,.0f}'} |"
+        )
+    if bound_of:
+        lines += [
+            "",
+            f"At the bounds: {total:,.0f} s of device time"
+            f"{'' if complete else ' for the rows with a bound (the others have none)'}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--shape {text!r}: expected CxHxW, e.g. 3x32x32") from None
+    return c, h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"])
+    parser.add_argument("--images", nargs=2, type=int, metavar=("TRAIN", "TEST"))
+    parser.add_argument("--shape", help="image shape CxHxW (default: the dataset store's)")
+    parser.add_argument("--bench", help="a benchmarks/run.py result JSON (the bounds)")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.configfile)
+        found = store_sizes(config)
+        if args.images is None or args.shape is None:
+            if found is None:
+                raise ConfigError(
+                    f"no dataset store under {config['results']}/data: pass --images TRAIN TEST "
+                    "and --shape CxHxW (the CIFAR-10 archive: 25000 10000, 3x32x32)"
+                )
+        n_train, n_test = args.images if args.images else found[:2]
+        shape = parse_shape(args.shape) if args.shape else found[2]
+        jobs = Planner(config, n_train, n_test, shape).jobs()
+        bench = read_json(Path(args.bench)) if args.bench else {}
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    emit(render(jobs, bounds(bench), " ".join(args.configfile), args.bench or ""), args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The work a config plans for its GPU stages: exactly what a run then does, where that is fixed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from saliency_fingerprints.stage_rates import collect
+from saliency_fingerprints.workload import Planner, load_config, main, parse_shape, render
+
+
+def job_key(stage: str, path: str) -> str:
+    """A measured job's name as the planner gives it."""
+    parts = Path(path).parts
+    if stage == "train_primary":
+        return parts[-2]
+    if stage == "compute_saliency":
+        return "/".join(parts[-3:]).removesuffix(".zarr")
+    return "/".join((parts[-5], parts[-3], parts[-2]))
+
+
+def test_plan_matches_a_run(tiny_run: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tiny_run)
+    config = load_config(["config.yaml"])
+    measured = {(j.stage, job_key(j.stage, j.path)): j for j in collect(Path("results"))}
+    from saliency_fingerprints.workload import store_sizes
+
+    planned = {(j.stage, j.path): j for j in Planner(config, *store_sizes(config)).jobs()}
+    assert set(planned) == set(measured)
+    for key, plan in planned.items():
+        done = measured[key]
+        assert plan.model == done.model, key
+        stage, name = key
+        if stage == "train_secondary" or name.endswith("-random_labels"):
+            assert 0 < done.work <= plan.work, key  # early stopping: at most the plan
+        else:
+            assert done.work == plan.work, key  # fixed work: exactly the plan
+
+
+def test_counts_on_a_toy_config(tmp_path: Path, monkeypatch) -> None:
+    cfg = tiny_config()
+    cfg["results"] = str(tmp_path / "results")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    config = load_config([str(path)])
+    train, test = 300, 100
+    jobs = Planner(config, train, test, (1, 8, 8)).jobs()
+    primaries = [j for j in jobs if j.stage == "train_primary" and "random" not in j.path]
+    fraction = config["primary_training"]["train_fraction"]
+    epochs = config["primary_training"]["epochs"]
+    expected = round(train * fraction) * epochs
+    assert all(j.work in (expected, 0) or "epoch" in j.path for j in primaries)
+    grads = [j for j in jobs if j.stage == "compute_saliency" and "/grad/" in j.path]
+    maps = config["saliency"]["max_images"] or train + test
+    assert grads and all(j.work == min(maps, train + test) for j in grads)
+    text = render(jobs, {("gradient rows", grads[0].model): 10.0}, "config.yaml", "b.json")
+    assert "| compute_saliency | cnn2 1x8x8 |" in text
+    assert "for the rows with a bound (the others have none)" in text
+
+
+def test_command_line_errors(tmp_path: Path, capsys) -> None:
+    cfg = tiny_config()
+    cfg["results"] = str(tmp_path / "results")  # nothing run: no dataset store
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--configfile", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ERROR: no dataset store under") and "--images" in err
+    assert "\n" not in err
+    assert main(["--configfile", str(path), "--images", "300", "100", "--shape", "1x8x8"]) == 0
+    assert "| train_secondary |" in capsys.readouterr().out
+    with pytest.raises(Exception, match="expected CxHxW"):
+        parse_shape("32x32")
+    assert main(["--configfile", str(tmp_path / "none.yaml"), "--images", "1", "1"]) == 1
+    assert "cannot read the config" in capsys.readouterr().err
