@@ -199,18 +199,19 @@ def render(jobs: list[Job], bound_of: dict, source: str = "", bench: str = "") -
         "| stage | model | jobs | work | bound (/s) | seconds at the bound |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    total, complete = 0.0, True
+    total, complete, bounded = 0.0, True, False
     for (stage, model), (count, work) in sorted(rows.items(), key=lambda kv: order.index(kv[0][0])):
         bound = bound_of.get((STAGES[stage], model))
         seconds = None if not bound else work / bound
         total += seconds or 0.0
         complete &= seconds is not None
+        bounded |= seconds is not None
         lines.append(
             f"| {stage} | {model} | {count} | {format_count(work)} {STAGES[stage]} | "
             f"{'-' if not bound else format_count(bound)} | "
             f"{'-' if seconds is None else f'{seconds:,.0f}'} |"
         )
-    if bound_of:
+    if bounded:
         lines += [
             "",
             f"At the bounds: {total:,.0f} s of device time"

@@ -59,6 +59,7 @@ def test_counts_on_a_toy_config(tmp_path: Path, monkeypatch) -> None:
     text = render(jobs, {("gradient rows", grads[0].model): 10.0}, "config.yaml", "b.json")
     assert "| compute_saliency | cnn2 1x8x8 |" in text
     assert "for the rows with a bound (the others have none)" in text
+    assert "At the bounds" not in render(jobs, {("gradient rows", "resnet 9x9x9"): 1.0})
 
 
 def test_command_line_errors(tmp_path: Path, capsys) -> None:
