@@ -1,42 +1,102 @@
 #!/usr/bin/env bash
-# One GPU session's measurements in one script: the GPU-only tests, the training throughput of
-# the stacked engine against the bound, the saliency section, and the paper preset timed per
-# stage. Run from the project root on the GPU machine, e.g. through the offline bundle:
+# One GPU session's measurements in one script: the GPU-only tests, the throughput bounds of the
+# models (training at a large batch, saliency rows at the best pass size) and the stacked
+# engine against them, then the paper preset timed per stage, each stage's rate set against
+# those bounds, and the preset's whole planned work at those bounds. Run from the project root on the GPU machine, e.g. through the offline bundle:
 #
 #   bash .gpu-bundle/run-there.sh bash benchmarks/gpu_session.sh
 #
-# Logs and tables go to $OUT (default gpu-session/). Time limits (seconds) by environment:
-# TEST_S (120), BENCH_S (150), PAPER_S (420); GPU_JOBS (4) GPU jobs share the card in the paper
-# run. Each step runs even if an earlier one failed; the exit status is the paper run's.
+# The device tool runs a command for at most 10 minutes and brings back at most 8 files from
+# $OUT, none deeper than two folders. So everything ends within BUDGET_S seconds (570) of the
+# start: the tests get at most TEST_S (60), the benchmark BENCH_S (150), the workflow what is
+# left less RESERVE_S (30) for the summaries; a run cut short still reports its finished jobs.
+# What comes back, in $OUT (default gpu-session/):
+#   summary.md       machine, step exits, stage times, stage rates against the bounds, planned
+#                    work at the bounds, the benchmark's tables
+#   bench.json       the benchmark's result (benchmarks/run.py)
+#   logs.tar.gz      pytest, benchmark, Snakemake (console and .snakemake/log) and job logs
+#   results.tar.gz   the run's tables and every job's metrics.json (no maps, no weights)
+# Settings by environment: PRESET (config files, default the paper preset with the archive
+# source), GPU_JOBS (4: GPU jobs sharing the card), DEVICE (cuda), BENCH_ARGS (extra
+# benchmarks/run.py arguments), PYTHON (python3). A dry run of the mechanics on a CPU:
+#   DEVICE=cpu PRESET=config/config.yaml BENCH_ARGS=--quick bash benchmarks/gpu_session.sh
 set -uo pipefail
+t0=$(date +%s)
 out=${OUT:-gpu-session}
-mkdir -p "$out"
 py=${PYTHON:-python3}
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
-  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
-  > "$out/machine.txt" 2>&1
+preset=${PRESET:-config/paper.yaml config/overlays/archive.yaml}
+device=${DEVICE:-cuda}
+work=$(mktemp -d)
+mkdir -p "$out" "$work/logs"
+summary="$out/summary.md"
+
+left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - t0) )); }
+# seconds for a step: its own cap, or what is left less a reserve, whichever is smaller (>= 1)
+cap() { local want=$1 rest=$(( $(left) - ${2:-0} )); (( rest < want )) && want=$rest
+        (( want < 1 )) && want=1; echo "$want"; }
+note() { echo "$*" >> "$summary"; }
+
+{ echo "# GPU session, $(date -u '+%Y-%m-%d %H:%M UTC')"; echo; echo '```'
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -3
+  echo "cpus: $(nproc)"
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
+  echo "MPS control daemon: $(command -v nvidia-cuda-mps-control || echo 'not found')"
+  echo "commit: $(git rev-parse --short HEAD 2> /dev/null || echo unknown)"
+  echo '```'; echo; } > "$summary"
 
 if "$py" -c "import pytest" 2> /dev/null; then
-  timeout "${TEST_S:-120}" "$py" -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
-    tests/test_stacked.py tests/test_perturbation.py tests/test_saliency.py > "$out/tests.log" 2>&1
-  echo "tests: exit $?" >> "$out/machine.txt"
+  timeout "$(cap "${TEST_S:-60}" 500)" "$py" -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
+    tests/test_stacked.py tests/test_perturbation.py tests/test_saliency.py \
+    > "$work/logs/tests.log" 2>&1
+  note "- GPU tests: exit $? ($(tail -1 "$work/logs/tests.log"))"
 else
-  echo "tests: pytest not installed here, skipped" >> "$out/machine.txt"
+  note "- GPU tests: pytest not installed here, skipped"
 fi
 
-timeout "${BENCH_S:-150}" "$py" benchmarks/run.py --device cuda --repeats 2 \
-  --sections gpu-training --bf16 --fast-path benchmarks.gpu_training:stacked_trainer \
-  --fast-models 3 --results "$out/bench" --markdown "$out/gpu_training.md" \
-  > "$out/bench.log" 2>&1
-echo "gpu-training benchmark: exit $?" >> "$out/machine.txt"
+# The bounds: limit (saliency rows/s) and gpu-training (training images/s) of every model the
+# CIFAR stages run, and the stacked engine (3 models) against the training bound.
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+timeout "$(cap "${BENCH_S:-150}" 360)" "$py" benchmarks/run.py --device "$device" --repeats 2 \
+  --sections limit,gpu-training --models cnn2,minicnn,miniresnet --shapes cifar --bf16 \
+  --fast-path benchmarks.gpu_training:stacked_trainer --fast-models 3 ${BENCH_ARGS:-} \
+  --results "$work/bench" --markdown "$work/bench.md" > "$work/logs/bench.log" 2>&1
+note "- benchmark: exit $?"
+bench=$(ls -t "$work"/bench/*.json 2> /dev/null | head -1)
+[ -n "$bench" ] && cp "$bench" "$out/bench.json" && bench="$out/bench.json"
 
+# The workflow, from an empty results directory, in what time is left.
+read -r -a configs <<< "$preset"
+results=$("$py" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['results'])" \
+  "${configs[0]}")
+case "$results" in
+  ""|/*|*..*) echo "gpu_session.sh: results directory '$results' is not inside the project" >&2
+              exit 2 ;;
+esac
+rm -rf "$results" .snakemake/log
 start=$(date +%s)
-timeout "${PAPER_S:-420}" "$py" -m snakemake --configfile config/paper.yaml \
-  config/overlays/archive.yaml --cores "$(nproc)" --resources gpu="${GPU_JOBS:-4}" \
-  > "$out/paper.log" 2>&1
+timeout --kill-after=20 "$(cap 100000 "${RESERVE_S:-30}")" "$py" -m snakemake \
+  --configfile "${configs[@]}" --cores "$(nproc)" --resources gpu="${GPU_JOBS:-4}" \
+  > "$work/logs/paper.log" 2>&1
 status=$?
-echo "paper preset: exit $status after $(( $(date +%s) - start )) s" >> "$out/machine.txt"
-"$py" -m saliency_fingerprints.stage_times --markdown "$out/stage_times.md" > /dev/null 2>&1
-cp -r results/paper/tables "$out/paper_tables" 2> /dev/null
-mkdir -p "$out/paper_logs" && cp -r results/paper/logs/. "$out/paper_logs/" 2> /dev/null
-exit $status
+note "- workflow (${preset}): exit $status after $(( $(date +%s) - start )) s$( \
+  [ "$status" = 124 ] && echo ', stopped at the time budget: the tables below count finished jobs')"
+note ""
+
+snakelog=$(ls -t .snakemake/log/*.snakemake.log 2> /dev/null | head -1)
+"$py" -m saliency_fingerprints.stage_times ${snakelog:+"$snakelog"} >> "$summary" 2>&1
+note ""
+"$py" -m saliency_fingerprints.stage_rates "$results" ${bench:+--bench "$bench"} \
+  ${snakelog:+--log "$snakelog"} >> "$summary" 2>&1
+note ""
+"$py" -m saliency_fingerprints.workload --configfile "${configs[@]}" ${bench:+--bench "$bench"} \
+  >> "$summary" 2>&1
+note ""
+[ -f "$work/bench.md" ] && cat "$work/bench.md" >> "$summary"
+
+cp -r .snakemake/log "$work/logs/snakemake" 2> /dev/null
+cp -r "$results/logs" "$work/logs/jobs" 2> /dev/null
+tar -czf "$out/logs.tar.gz" -C "$work" logs
+find "$results" \( -name metrics.json -o -path "$results/tables/*" \) -type f -print0 2> /dev/null \
+  | tar -czf "$out/results.tar.gz" --null -T -
+rm -rf "$work"
+exit "$status"

@@ -4,11 +4,12 @@ Section ``gpu-training`` of ``benchmarks/run.py`` (opt-in: ``--sections gpu-trai
 runs on a CPU, with small bound batches (that is what the smoke test does); there the rates are
 per second of this process's CPU time, as everywhere in the suite.
 
-For each architecture in :data:`CASES` (MiniResNet on 3x32x32 images, as the CIFAR primaries;
-MiniCNN on 1x32x32 maps, as the secondaries), with 10 classes, Adam (lr 1e-3) and synthetic
-data already on the device, images/s of one *training step*: zero the gradients, forward,
-cross-entropy (mean), backward, ``Adam.step()``. No evaluation, no data shuffling or gathering
-(``train_classifier``'s loop adds those; its figures are the ``training`` section):
+For each architecture in :data:`CASES` (MiniResNet and the 2-layer CNN on 3x32x32 images, as
+the CIFAR primaries; MiniCNN on 1x32x32 maps, as the secondaries), with 10 classes, Adam (lr
+1e-3) and synthetic data already on the device, images/s of one *training step*: zero the
+gradients, forward, cross-entropy (mean), backward, ``Adam.step()``. No evaluation, no data
+shuffling or gathering (``train_classifier``'s loop adds those; its figures are the ``training``
+section):
 
 * **eager**: one model, batch 64 (the pipeline's batch size), fp32: what the pipeline's loop
   costs per step, minus the bookkeeping;
@@ -43,7 +44,11 @@ from benchmarks.common import median, summary, timed
 from saliency_fingerprints.models import build_model
 from saliency_fingerprints.saliency import synchronize
 
-CASES: dict[str, tuple[int, int, int]] = {"miniresnet": (3, 32, 32), "minicnn": (1, 32, 32)}
+CASES: dict[str, tuple[int, int, int]] = {
+    "miniresnet": (3, 32, 32),
+    "cnn2": (3, 32, 32),
+    "minicnn": (1, 32, 32),
+}
 CLASSES = 10
 BATCH = 64
 LEARNING_RATE = 1e-3

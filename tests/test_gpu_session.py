@@ -1,0 +1,54 @@
+"""benchmarks/gpu_session.sh, the one-command GPU session, run on the CPU: what it brings back
+fits the device tool's limits (at most 8 files, no folders), and its summary has every section.
+Slow (a benchmark and a workflow run, ~5 min on 2 cores): run with ``-m slow``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_session_script_on_cpu(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(
+        REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", "results*", ".snakemake")
+    )
+    config = project / "config" / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**tiny_config(), "results": "results/tiny"}))
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "PRESET": "config/tiny.yaml",
+        "BENCH_ARGS": "--quick --repeats 1",
+        "PYTHON": sys.executable,
+        "OUT": str(out),
+        "BUDGET_S": "1200",
+    }
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_session.sh"], cwd=project, env=env, timeout=1500, check=False
+    )
+    assert run.returncode == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench.json", "logs.tar.gz", "results.tar.gz", "summary.md"]
+    assert all(p.is_file() for p in out.iterdir())  # flat: the device tool brings back 2 levels
+    summary = (out / "summary.md").read_text()
+    for part in (
+        "- benchmark: exit 0",
+        "- workflow (config/tiny.yaml): exit 0",
+        "Stage times",
+        "Stage rates",
+        "Planned work",
+        "| train_secondary |",
+    ):
+        assert part in summary, part
