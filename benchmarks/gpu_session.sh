@@ -18,7 +18,9 @@
 #   results.tar.gz   the run's tables and every job's metrics.json (no maps, no weights)
 # Settings by environment: PRESET (config files, default the paper preset with the archive
 # source), GPU_JOBS (4: GPU jobs sharing the card), DEVICE (cuda), BENCH_ARGS (extra
-# benchmarks/run.py arguments), PYTHON (python3). A dry run of the mechanics on a CPU:
+# benchmarks/run.py arguments), PYTHON (python3), COMMIT (the commit measured, for a copy of the
+# project without .git: `COMMIT=$(git rev-parse --short HEAD)` where the command is written).
+# A dry run of the mechanics on a CPU:
 #   DEVICE=cpu PRESET=config/config.yaml BENCH_ARGS=--quick bash benchmarks/gpu_session.sh
 set -uo pipefail
 t0=$(date +%s)
@@ -41,7 +43,7 @@ note() { echo "$*" >> "$summary"; }
   echo "cpus: $(nproc)"
   "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
   echo "MPS control daemon: $(command -v nvidia-cuda-mps-control || echo 'not found')"
-  echo "commit: $(git rev-parse --short HEAD 2> /dev/null || echo unknown)"
+  echo "commit: ${COMMIT:-$(git rev-parse --short HEAD 2> /dev/null || echo unknown)}"
   echo '```'; echo; } > "$summary"
 
 if "$py" -c "import pytest" 2> /dev/null; then
