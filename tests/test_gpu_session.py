@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_session_script_on_cpu(tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(
-        REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", "results*", ".snakemake")
+        REPO,
+        project,
+        ignore=shutil.ignore_patterns(".venv", ".git", "results*", ".snakemake", ".gpu-bundle"),
     )
     config = project / "config" / "tiny.yaml"
     config.write_text(yaml.safe_dump({**tiny_config(), "results": "results/tiny"}))
