@@ -70,14 +70,24 @@ def _weights_close(a, b, learning_rate, weight_rtol=3e-3, step_fraction=0.25):
     return True, None
 
 
+LOSS_RTOL = 1e-4
+"""Losses may differ by this relative amount: the way weights may (``_weights_close``), a
+rounding-level gradient on a weight whose Adam second moment is near zero moves it by a fraction
+of a step, and the loss follows. Seen: a MiniCNN's epoch losses 7e-8, 6e-7, 4e-5 apart on an
+AVX-512 CPU (within 1e-5 on the CPUs before it); two seeds' models after the same training are
+8e-4 to 3e-2 apart (``test_the_weight_check_can_fail``)."""
+
+
 def _assert_same(models_a, histories_a, models_b, histories_b, learning_rate, atol=1e-5):
-    """Same epochs and records (within ``atol``), and weights close (``_weights_close``)."""
+    """Same epochs and records (within ``atol``; losses within ``LOSS_RTOL`` too), and weights
+    close (``_weights_close``)."""
     for a, b, ha, hb in zip(models_a, models_b, histories_a, histories_b, strict=True):
         assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]
         for ra, rb in zip(ha, hb, strict=True):
             assert ra.keys() == rb.keys()
             for key in ra:
-                assert ra[key] == pytest.approx(rb[key], abs=atol), key
+                rel = LOSS_RTOL if key.endswith("loss") else None
+                assert ra[key] == pytest.approx(rb[key], rel=rel, abs=atol), key
         close, where = _weights_close(a, b, learning_rate)
         assert close, where
 
@@ -181,13 +191,16 @@ def test_train_models_engines_agree_and_record_tests():
 
 
 def test_the_weight_check_can_fail():
-    """The tolerance of ``_weights_close`` is far below the distance between two seeds' models
-    after the same training, and below one learning-rate step per element."""
+    """The tolerances of ``_weights_close`` and ``LOSS_RTOL`` are far below the distance between
+    two seeds' models after the same training, and below one learning-rate step per element."""
     seeds = [3, 4]
     trains = [_data(3, 40)] * 2
     settings = TrainSettings(epochs=3, batch_size=16, learning_rate=1e-3, optimizer="adam")
-    models, _ = _alone("minicnn", seeds, trains, settings, full_train_accuracy=False)
+    models, histories = _alone("minicnn", seeds, trains, settings, full_train_accuracy=False)
     assert not _weights_close(models[0], models[1], settings.learning_rate)[0]
+    # and the loss tolerance is far below the two seeds' epoch losses' difference
+    for a, b in zip(*histories, strict=True):
+        assert a["loss"] != pytest.approx(b["loss"], rel=LOSS_RTOL)  # seen: 8e-4 to 3e-2 apart
     nudged = _models("minicnn", [3])[0]
     nudged.load_state_dict(models[0].state_dict())
     with torch.no_grad():
