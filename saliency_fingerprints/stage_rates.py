@@ -50,8 +50,9 @@ STAGES = {
 
 @dataclass(frozen=True)
 class Job:
-    """One finished job: its stage, the model it ran (``"<arch> <C>x<H>x<W>"``), its work in
-    the stage's unit and its own time."""
+    """One job: its stage, the model it runs (``"<arch> <C>x<H>x<W>"``), its work in the
+    stage's unit, its own time (0 for a job :mod:`~saliency_fingerprints.workload` plans) and
+    its output (a path, or the job's name in a plan)."""
 
     stage: str
     model: str
