@@ -20,8 +20,9 @@ least time it can take on that device, whatever the jobs' order or sharing.
     python -m saliency_fingerprints.workload --configfile config/paper.yaml \\
         config/overlays/archive.yaml --images 25000 10000 --shape 3x32x32 [--bench X.json]
 
-Without ``--images``/``--shape`` the run's dataset store (``<results>/data/<name>.zarr``) gives
-the split sizes and the image shape.
+``--experiments A B`` counts only those experiments' jobs (e.g. the paper's Table 1 without the
+studies and twins). Without ``--images``/``--shape`` the run's dataset store
+(``<results>/data/<name>.zarr``) gives the split sizes and the image shape.
 """
 
 from __future__ import annotations
@@ -151,13 +152,21 @@ class Planner:
         model = f"{cfg['architecture']} {channels}x{self.shape[1]}x{self.shape[2]}"
         return Job("train_secondary", model, work, 0.0, f"{experiment}/{method}/{variant}")
 
-    def jobs(self) -> list[Job]:
-        """Every primary, map store and secondary job of the config, each once."""
+    def jobs(self, experiments: list[str] | None = None) -> list[Job]:
+        """Every primary, map store and secondary job of the config, each once; with
+        ``experiments``, only those experiments' jobs (no sanity checks)."""
         config = self.config
+        known = list(config["experiments"])
+        for name in experiments or []:
+            if name not in known:
+                raise ConfigError(
+                    f"--experiments: no experiment {name!r}; expected some of: {', '.join(known)}"
+                )
         primaries: dict[str, Job] = {}
         stores: dict[str, Job] = {}
         secondaries = []
-        for experiment, spec in config["experiments"].items():
+        for experiment in experiments or known:
+            spec = config["experiments"][experiment]
             target = experiment_target(config, experiment)
             for r in experiment_replicates(config, experiment):
                 for p in experiment_primaries(config, experiment, r):
@@ -169,6 +178,8 @@ class Planner:
             for method in spec["methods"]:
                 for variant in spec.get("variants") or ["original"]:
                     secondaries.append(self.secondary(experiment, method, variant))
+        if experiments is not None:
+            return [*primaries.values(), *stores.values(), *secondaries]
         sanity = config.get("sanity_checks") or {}
         for p in sanity_primaries(config):
             primaries.setdefault(p.name, self.primary(p))
@@ -233,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"])
     parser.add_argument("--images", nargs=2, type=int, metavar=("TRAIN", "TEST"))
     parser.add_argument("--shape", help="image shape CxHxW (default: the dataset store's)")
+    parser.add_argument(
+        "--experiments", nargs="+", help="count only these experiments (no sanity checks)"
+    )
     parser.add_argument("--bench", help="a benchmarks/run.py result JSON (the bounds)")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
@@ -247,12 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
         n_train, n_test = args.images if args.images else found[:2]
         shape = parse_shape(args.shape) if args.shape else found[2]
-        jobs = Planner(config, n_train, n_test, shape).jobs()
+        jobs = Planner(config, n_train, n_test, shape).jobs(args.experiments)
         bench = read_json(Path(args.bench)) if args.bench else {}
     except (ConfigError, OSError, ValueError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
-    emit(render(jobs, bounds(bench), " ".join(args.configfile), args.bench or ""), args.markdown)
+    source = " ".join(args.configfile)
+    if args.experiments:
+        source += f" (experiments {', '.join(args.experiments)})"
+    emit(render(jobs, bounds(bench), source, args.bench or ""), args.markdown)
     return 0
 
 

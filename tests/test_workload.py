@@ -73,6 +73,12 @@ def test_command_line_errors(tmp_path: Path, capsys) -> None:
     assert "\n" not in err
     assert main(["--configfile", str(path), "--images", "300", "100", "--shape", "1x8x8"]) == 0
     assert "| train_secondary |" in capsys.readouterr().out
+    sizes = ["--images", "300", "100", "--shape", "1x8x8"]
+    assert main(["--configfile", str(path), *sizes, "--experiments", "two_cnn2"]) == 0
+    table = capsys.readouterr().out
+    assert "(experiments two_cnn2)" in table and "| train_secondary | minicnn 1x8x8 | " in table
+    assert main(["--configfile", str(path), *sizes, "--experiments", "nope"]) == 1
+    assert "--experiments: no experiment 'nope'; expected some of: " in capsys.readouterr().err
     with pytest.raises(Exception, match="expected CxHxW"):
         parse_shape("32x32")
     assert main(["--configfile", str(tmp_path / "none.yaml"), "--images", "1", "1"]) == 1
