@@ -16,10 +16,12 @@ from saliency_fingerprints.configuration import (
     expand_studies,
     experiment_primaries as _experiment_primaries,
     experiment_replicates,
+    experiment_secondary,
     experiment_target,
     local_source,
     primary_name,
     parse_tag,
+    random_label_epochs,
     sanity_primaries,
     schema_defaults,
     TAG_PATTERN,
@@ -149,7 +151,7 @@ def experiment_variants(experiment):
 
 def secondary_config(experiment):
     """The global secondary block with the experiment's overrides applied."""
-    return deep_merge(config["secondary"], config["experiments"][experiment].get("secondary", {}))
+    return experiment_secondary(config, experiment)
 
 
 def secondary_params(experiment, variants):

@@ -17,9 +17,7 @@ def random_labels_enabled():
 def random_label_training(architecture):
     """``primary_training`` with the epoch cap of ``architecture``'s random-label copy, where
     set (``random_labels.epochs``: one for all, or per architecture; null: the primary's)."""
-    epochs = sanity_settings()["random_labels"].get("epochs")
-    if isinstance(epochs, dict):
-        epochs = epochs.get(architecture)
+    epochs = random_label_epochs(config, architecture)
     return canonical(
         deep_merge(config["primary_training"], {} if epochs is None else {"epochs": epochs})
     )

@@ -382,6 +382,11 @@ def experiment_target(config: Mapping, experiment: str) -> str:
     return config["experiments"][experiment].get("target") or config["saliency"]["target"]
 
 
+def experiment_secondary(config: Mapping, experiment: str) -> dict:
+    """The global ``secondary`` block with the experiment's overrides applied."""
+    return deep_merge(config["secondary"], config["experiments"][experiment].get("secondary", {}))
+
+
 def check_experiments(config: Mapping) -> None:
     """Cross-key checks a JSON schema cannot express, with messages that name the key."""
     for name, experiment in config["experiments"].items():
@@ -418,6 +423,13 @@ def check_method_names(config: Mapping, methods: Iterable[str], key: str) -> Non
 def sanity_primaries(config: Mapping) -> list[Primary]:
     """The primaries the sanity checks run on; empty without ``sanity_checks``."""
     return listed_primaries((config.get("sanity_checks") or {}).get("primaries", []))
+
+
+def random_label_epochs(config: Mapping, architecture: str) -> int | None:
+    """The epoch cap of ``architecture``'s random-label copy (``random_labels.epochs``: one for
+    all, or per architecture; None: the primaries' own)."""
+    epochs = (config.get("sanity_checks") or {}).get("random_labels", {}).get("epochs")
+    return epochs.get(architecture) if isinstance(epochs, dict) else epochs
 
 
 def check_sanity_checks(config: Mapping) -> None:

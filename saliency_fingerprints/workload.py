@@ -28,6 +28,7 @@ studies and twins). Without ``--images``/``--shape`` the run's dataset store
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,16 +43,15 @@ from .configuration import (
     expand_studies,
     experiment_primaries,
     experiment_replicates,
+    experiment_secondary,
     experiment_target,
+    random_label_epochs,
     sanity_primaries,
-    schema_defaults,
     validate_config,
 )
 from .errors import ConfigError
 from .stage_rates import STAGES, Job, bounds, format_count, read_json
 from .stage_times import emit
-
-FIT_FRACTION = schema_defaults("properties", "secondary")["fit_fraction"]
 
 
 def load_config(paths: list[str]) -> dict:
@@ -109,12 +109,15 @@ class Planner:
             "train_primary", self.model(primary.architecture), work, 0.0, primary.name + label
         )
 
+    @functools.cached_property
     def map_ids(self) -> np.ndarray:
+        """The images that get maps (the same for every store)."""
         from .saliency.job import select_images
 
         s = self.config["saliency"]
         return select_images(self.split, s["images"], s.get("max_images"), int(s["seed"]))
 
+    @functools.cache  # noqa: B019 - one planner per command; a handful of (method, arch) keys
     def gradient_evaluations(self, method: str, architecture: str) -> int:
         from .models import build_model
         from .saliency import build_method
@@ -125,7 +128,7 @@ class Planner:
 
     def store(self, target: str, method: str, primary: Primary) -> Job:
         k = self.gradient_evaluations(method, primary.architecture)
-        work = len(self.map_ids()) * k
+        work = len(self.map_ids) * k
         name = f"{target}/{method}/{primary.name}"
         return Job("compute_saliency", self.model(primary.architecture), work, 0.0, name)
 
@@ -133,14 +136,12 @@ class Planner:
         from .secondary import fit_subset, image_disjoint_split, validation_split
 
         seed = int(cfg["split_seed"])
-        train, _ = image_disjoint_split(self.map_ids(), float(cfg["test_fraction"]), seed)
+        train, _ = image_disjoint_split(self.map_ids, float(cfg["test_fraction"]), seed)
         fit, _ = validation_split(train, float(cfg["validation_fraction"]), seed)
-        return len(fit_subset(fit, float(cfg.get("fit_fraction", FIT_FRACTION)), seed))
+        return len(fit_subset(fit, float(cfg["fit_fraction"]), seed))
 
     def secondary(self, experiment: str, method: str, variant: str) -> Job:
-        cfg = deep_merge(
-            self.config["secondary"], self.config["experiments"][experiment].get("secondary", {})
-        )
+        cfg = experiment_secondary(self.config, experiment)
         rates = cfg["learning_rate"]
         candidates = len(rates) if isinstance(rates, list) else 1
         per_primary = self.fitting_images(cfg) * int(cfg["epochs"]) * candidates
@@ -186,10 +187,7 @@ class Planner:
         random_labels = sanity.get("random_labels") or {}
         if sanity_primaries(config) and random_labels.get("enabled", True):
             for p in sanity_primaries(config):
-                cap = random_labels.get("epochs")
-                if isinstance(cap, dict):
-                    cap = cap.get(p.architecture)
-                job = self.primary(p, cap, "-random_labels")
+                job = self.primary(p, random_label_epochs(config, p.architecture), "-random_labels")
                 primaries[job.path] = job
         return [*primaries.values(), *stores.values(), *secondaries]
 

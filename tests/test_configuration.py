@@ -17,8 +17,10 @@ from saliency_fingerprints.configuration import (
     check_schema,
     deep_merge,
     experiment_primaries,
+    experiment_secondary,
     key_path,
     local_source,
+    random_label_epochs,
     schema_defaults,
     validate_config,
 )
@@ -402,3 +404,17 @@ def test_disjoint_primary_sets_move_seeds_by_the_seed_range():
     assert experiment_primaries(config, "same", 2) == [Primary("cnn2", 0), Primary("cnn2", 1)]
     assert primary_set_stride([Primary("miniresnet", s) for s in range(10)]) == 10
     assert primary_set_stride([Primary("cnn2", 3), Primary("cnn2", 7)]) == 5
+
+
+def test_experiment_secondary_and_random_label_epochs():
+    cfg = {
+        "secondary": {"epochs": 20, "learning_rate": 0.001},
+        "experiments": {"a": {"secondary": {"learning_rate": 0.01}}, "b": {}},
+        "sanity_checks": {"random_labels": {"epochs": {"cnn2": 50}}},
+    }
+    assert experiment_secondary(cfg, "a") == {"epochs": 20, "learning_rate": 0.01}
+    assert experiment_secondary(cfg, "b") == cfg["secondary"]
+    assert (random_label_epochs(cfg, "cnn2"), random_label_epochs(cfg, "miniresnet")) == (50, None)
+    cfg["sanity_checks"]["random_labels"]["epochs"] = 7
+    assert random_label_epochs(cfg, "miniresnet") == 7
+    assert random_label_epochs({}, "cnn2") is None
