@@ -47,8 +47,10 @@ note() { echo "$*" >> "$summary"; }
   echo '```'; echo; } > "$summary"
 
 if "$py" -c "import pytest" 2> /dev/null; then
-  timeout "$(cap "${TEST_S:-60}" 500)" "$py" -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
-    tests/test_stacked.py tests/test_perturbation.py tests/test_saliency.py \
+  # the modules with CUDA-only tests (skipped on CPUs): maps, keyed noise and a store job
+  # against the CPU's, the graphed stack against training alone, input-agnostic maps
+  timeout "$(cap "${TEST_S:-60}" 500)" "$py" -m pytest -q -p no:cacheprovider -rs -k cuda \
+    tests/test_engine.py tests/test_stacked.py tests/test_agnostic.py \
     > "$work/logs/tests.log" 2>&1
   note "- GPU tests: exit $? ($(tail -1 "$work/logs/tests.log"))"
 else

@@ -45,6 +45,8 @@ def test_session_script_on_cpu(tmp_path: Path) -> None:
     assert files == ["bench.json", "logs.tar.gz", "results.tar.gz", "summary.md"]
     assert all(p.is_file() for p in out.iterdir())  # flat: the device tool brings back 2 levels
     summary = (out / "summary.md").read_text()
+    # the CUDA-only tests were found (and skipped here, on the CPU)
+    assert "- GPU tests: exit 0 (8 skipped" in summary
     for part in (
         "- benchmark: exit 0",
         "- workflow (config/tiny.yaml): exit 0",
