@@ -668,11 +668,16 @@ def expand_studies(config: dict) -> dict[str, dict]:
 
     One experiment per level, named :func:`study_level_name`; a level whose experiment has the
     identity (:func:`experiment_identity`) of an existing experiment with its methods is that
-    experiment (``generated`` false), so nothing is trained twice. Primaries and map stores are
+    experiment (``generated`` false), so nothing is trained twice; studies expand in
+    :data:`STUDY_KINDS`' order, whatever the config's key order. Primaries and map stores are
     shared by identity anyway (paths name architecture, seed, target and method). Running it
     again on an expanded config changes nothing."""
     plan: dict[str, dict] = {}
-    for study, block in config["studies"].items():
+    # In STUDY_KINDS' order, not the config's: where two levels are one experiment, the first
+    # names it, and reordering the config's keys must not rename (and rerun) it.
+    order = {kind: i for i, kind in enumerate(STUDY_KINDS)}
+    for study in sorted(config["studies"], key=lambda s: order.get(s, len(order))):
+        block = config["studies"][study]
         if not block["enabled"]:
             continue
         if study == "n_primaries":

@@ -373,3 +373,22 @@ def test_default_studies_plan_without_cluttering_table_1(tmp_path):
     assert with_studies["study_table"] == 4
     for rule in ("plot_heatmap", "plot_map_grid", "combine_tables"):
         assert with_studies[rule] == without[rule]
+
+
+def test_key_order_does_not_rename_a_shared_level():
+    """init_vs_data's "both" level is n_primaries' k = 2 in the default config; which of the two
+    names the shared experiment must not depend on the order of the config's study keys."""
+    cfg = load_default_config()
+    names = {}
+    for order in (list(cfg["studies"]), list(reversed(cfg["studies"]))):
+        reordered = copy.deepcopy(cfg)
+        reordered["studies"] = {k: cfg["studies"][k] for k in order}
+        plan = expand_studies(validated(reordered))
+        names[tuple(order)] = sorted(
+            (study, lvl["level"], lvl["experiment"])
+            for study, block in plan.items()
+            for lvl in block["levels"]
+        )
+    first, second = names.values()
+    assert first == second
+    assert ("init_vs_data", "both", "study-n_primaries-2") in first  # shared, named as before
