@@ -11,10 +11,11 @@
 # start: the tests get at most TEST_S (60), the benchmark BENCH_S (150), the workflow what is
 # left less RESERVE_S (30) for the summaries; a run cut short still reports its finished jobs.
 # What comes back, in $OUT (default gpu-session/):
-#   summary.md       machine, step exits, stage times, stage rates against the bounds, planned
-#                    work at the bounds, the benchmark's tables
+#   summary.md       machine, step exits, how busy the GPU was, stage times, stage rates against
+#                    the bounds, planned work at the bounds, the benchmark's tables
 #   bench.json       the benchmark's result (benchmarks/run.py)
-#   logs.tar.gz      pytest, benchmark, Snakemake (console and .snakemake/log) and job logs
+#   logs.tar.gz      pytest, benchmark, Snakemake (console and .snakemake/log), job logs and
+#                    nvidia-smi dmon's utilisation samples
 #   results.tar.gz   the run's tables and every job's metrics.json (no maps, no weights)
 # Settings by environment: PRESET (config files, default the paper preset with the archive
 # source), GPU_JOBS (4: GPU jobs sharing the card), DEVICE (cuda), BENCH_ARGS (extra
@@ -77,13 +78,22 @@ case "$results" in
               exit 2 ;;
 esac
 rm -rf "$results" .snakemake/log
+dmon=
+if command -v nvidia-smi > /dev/null; then  # the share of time a kernel ran, every 5 s
+  nvidia-smi dmon -s u -d 5 > "$work/logs/gpu_utilisation.log" 2>&1 &
+  dmon=$!
+fi
 start=$(date +%s)
 timeout --kill-after=20 "$(cap 100000 "${RESERVE_S:-30}")" "$py" -m snakemake \
   --configfile "${configs[@]}" --cores "$(nproc)" --resources gpu="${GPU_JOBS:-4}" \
   > "$work/logs/paper.log" 2>&1
 status=$?
+[ -n "$dmon" ] && kill "$dmon" 2> /dev/null
 note "- workflow (${preset}): exit $status after $(( $(date +%s) - start )) s$( \
   [ "$status" = 124 ] && echo ', stopped at the time budget: the tables below count finished jobs')"
+[ -n "$dmon" ] && note "- GPU busy during the workflow (nvidia-smi dmon, sm %): $(awk \
+  '!/^#/ && $2 ~ /^[0-9]+$/ {n++; t+=$2} END {if (n) printf "mean %.0f%% over %d samples", t/n, n;
+  else print "no samples"}' "$work/logs/gpu_utilisation.log")"
 note ""
 
 snakelog=$(ls -t .snakemake/log/*.snakemake.log 2> /dev/null | head -1)
