@@ -37,9 +37,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import zarr
-
+from .datasets import open_dataset
+from .errors import DataError
 from .stage_times import emit, parse_log
+from .store import open_store
 
 STAGES = {
     "train_primary": "training images",
@@ -84,22 +85,23 @@ def _reading(path: Path) -> Iterator[None]:
         ) from err
 
 
-def _attrs(store: Path) -> tuple[dict, tuple[int, ...]] | None:
-    """A map store's attributes and its maps' shape (None: not a finished map store)."""
+def _attrs(store: Path) -> dict | None:
+    """A map store's attributes (None: not a readable store of maps)."""
     try:
-        group = zarr.open_group(str(store), mode="r")
-        return dict(group.attrs), tuple(group["maps"].shape)
-    except (OSError, KeyError, ValueError, zarr.errors.BaseZarrError):
+        ds = open_store(store)
+    except DataError:
         return None
+    return dict(ds.attrs) if "maps" in ds.variables else None
 
 
 def image_shape(results: Path) -> str | None:
     """The dataset's image shape (``CxHxW``) from the run's dataset store."""
     for store in sorted((results / "data").glob("*.zarr")):
         try:
-            return _shape(*zarr.open_group(str(store), mode="r")["image"].shape[1:])
-        except (OSError, KeyError, ValueError, zarr.errors.BaseZarrError):
+            _, info = open_dataset(store)
+        except DataError:
             continue
+        return _shape(info.channels, info.image_size)
     return None
 
 
@@ -122,10 +124,9 @@ def primary_jobs(results: Path, shape: str | None) -> Iterator[Job]:
 
 def saliency_jobs(results: Path, architectures: dict[str, str], shape: str | None) -> Iterator[Job]:
     for store in sorted((results / "saliency").glob("*/*/*.zarr")):
-        found = _attrs(store)
-        if found is None:
+        attrs = _attrs(store)
+        if attrs is None:
             continue
-        attrs, _ = found
         prov = attrs.get("provenance")
         prov = json.loads(prov) if isinstance(prov, str) else prov or {}
         if prov.get("stage") != "compute_saliency":

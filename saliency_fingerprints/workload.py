@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-import zarr
 
 from .configuration import (
     Primary,
@@ -49,8 +48,9 @@ from .configuration import (
     sanity_primaries,
     validate_config,
 )
-from .errors import ConfigError
-from .stage_rates import STAGES, Job, bounds, format_count, read_json
+from .datasets import open_dataset
+from .errors import ConfigError, DataError
+from .stage_rates import Job, bounds, format_count, rates, read_json
 from .stage_times import emit
 
 
@@ -72,11 +72,11 @@ def store_sizes(config: Mapping) -> tuple[int, int, tuple[int, int, int]] | None
     """``(train images, test images, (C, H, W))`` from the run's dataset store, if it exists."""
     store = Path(config["results"]) / "data" / f"{config['dataset']['name']}.zarr"
     try:
-        group = zarr.open_group(str(store), mode="r")
-        split = np.array([str(v) for v in group["split"][:]])
-        shape = tuple(int(v) for v in group["image"].shape[1:])
-    except (OSError, KeyError, ValueError, TypeError, zarr.errors.BaseZarrError):
+        ds, info = open_dataset(store)
+    except DataError:
         return None
+    split = ds["split"].values
+    shape = (info.channels, info.image_size, info.image_size)
     return int((split == "train").sum()), int((split == "test").sum()), shape
 
 
@@ -194,12 +194,6 @@ class Planner:
 
 def render(jobs: list[Job], bound_of: dict, source: str = "", bench: str = "") -> str:
     """Per (stage, model): jobs and work, and with bounds the seconds at the bound; totals."""
-    rows: dict[tuple[str, str], list] = {}
-    for job in jobs:
-        row = rows.setdefault((job.stage, job.model), [0, 0.0])
-        row[0] += 1
-        row[1] += job.work
-    order = list(STAGES)
     lines = [
         f"Planned work{f' of {source}' if source else ''}"
         f"{f', bounds from {bench}' if bench else ''} (train_secondary: all epochs, an upper "
@@ -208,23 +202,22 @@ def render(jobs: list[Job], bound_of: dict, source: str = "", bench: str = "") -
         "| stage | model | jobs | work | bound (/s) | seconds at the bound |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    total, complete, bounded = 0.0, True, False
-    for (stage, model), (count, work) in sorted(rows.items(), key=lambda kv: order.index(kv[0][0])):
-        bound = bound_of.get((STAGES[stage], model))
-        seconds = None if not bound else work / bound
-        total += seconds or 0.0
-        complete &= seconds is not None
-        bounded |= seconds is not None
+    table = rates(jobs, bound_of)
+    for r in table:
+        seconds = None if not r.bound else r.work / r.bound
         lines.append(
-            f"| {stage} | {model} | {count} | {format_count(work)} {STAGES[stage]} | "
-            f"{'-' if not bound else format_count(bound)} | "
+            f"| {r.stage} | {r.model} | {r.jobs} | {format_count(r.work)} {r.unit} | "
+            f"{'-' if not r.bound else format_count(r.bound)} | "
             f"{'-' if seconds is None else f'{seconds:,.0f}'} |"
         )
+    bounded = [r for r in table if r.bound]
     if bounded:
+        total = sum(r.work / r.bound for r in bounded)
+        partial = " for the rows with a bound (the others have none)"
         lines += [
             "",
             f"At the bounds: {total:,.0f} s of device time"
-            f"{'' if complete else ' for the rows with a bound (the others have none)'}.",
+            f"{'' if len(bounded) == len(table) else partial}.",
         ]
     return "\n".join(lines) + "\n"
 

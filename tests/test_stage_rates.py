@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
+import xarray as xr
 
 from saliency_fingerprints.stage_rates import bounds, collect, main, rates, render
 
@@ -31,10 +31,6 @@ def primary(results: Path, name: str, architecture: str, n_train: int, epochs: i
 
 
 def map_store(results: Path, method: str, primary_name: str, maps: int, k: int, s: float):
-    group = zarr.open_group(
-        str(results / "saliency" / "predicted" / method / f"{primary_name}.zarr")
-    )
-    group.create_array("maps", shape=(maps, 3, 4, 4), dtype="float32")
     prov = {
         "stage": "compute_saliency",
         "config": {"primary": primary_name},
@@ -42,7 +38,11 @@ def map_store(results: Path, method: str, primary_name: str, maps: int, k: int, 
         "gradient_evaluations_per_map": k,
         "wall_time_s": s,
     }
-    group.attrs["provenance"] = json.dumps(prov)
+    store = results / "saliency" / "predicted" / method / f"{primary_name}.zarr"
+    values = np.zeros((maps, 3, 4, 4), dtype="float32")
+    ds = xr.Dataset({"maps": (("sample", "channel", "y", "x"), values)})
+    ds.attrs["provenance"] = json.dumps(prov)
+    ds.to_zarr(store, zarr_format=3, consolidated=False)
 
 
 def secondary(results: Path, experiment: str, replicates: list[dict], s: float):
@@ -62,8 +62,16 @@ def secondary(results: Path, experiment: str, replicates: list[dict], s: float):
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     root = tmp_path / "results"
-    data = zarr.open_group(str(root / "data" / "toy.zarr"))
-    data.create_array("image", data=np.zeros((5, 3, 4, 4), dtype="float32"))
+    xr.Dataset(
+        {
+            "image": (("sample", "channel", "y", "x"), np.zeros((5, 3, 4, 4), dtype="float32")),
+            "label": ("sample", np.zeros(5, dtype="int64")),
+            "split": (
+                "sample",
+                np.array(["train"] * 3 + ["test"] * 2, dtype=np.dtypes.StringDType()),
+            ),
+        }
+    ).to_zarr(root / "data" / "toy.zarr", zarr_format=3, consolidated=False)
     primary(root, "cnn2-seed0", "cnn2", 100, 3, 2.0)
     primary(root, "cnn2-seed1", "cnn2", 100, 2, 3.0)  # stopped after 2 epochs
     primary(root, "miniresnet-seed0", "miniresnet", 50, 4, 10.0)
