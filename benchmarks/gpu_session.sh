@@ -12,13 +12,18 @@
 # left less RESERVE_S (30) for the summaries; a run cut short still reports its finished jobs.
 # What comes back, in $OUT (default gpu-session/):
 #   summary.md       machine, step exits, how busy the GPU was, stage times, stage rates against
-#                    the bounds, planned work at the bounds, the benchmark's tables
+#                    the bounds, the whole preset's planned work at the bounds and projected at
+#                    the rates measured, the benchmark's tables
 #   bench.json       the benchmark's result (benchmarks/run.py)
 #   logs.tar.gz      pytest, benchmark, Snakemake (console and .snakemake/log), job logs and
 #                    nvidia-smi dmon's utilisation samples
 #   results.tar.gz   the run's tables and every job's metrics.json (no maps, no weights)
 # Settings by environment: PRESET (config files, default the paper preset with the archive
-# source), GPU_JOBS (4: GPU jobs sharing the card), DEVICE (cuda), BENCH_ARGS (extra
+# source), PRIORITY (outputs, relative to the preset's results directory, that the workflow makes
+# first, with all they need; for the default PRESET by default the Grad secondaries of two_cnn2
+# and two_miniresnet, 27 of its 285 jobs, so that a run stopped at the budget has measured every
+# GPU stage on both architectures: the whole preset needs ~45 min of device time even at the
+# bounds, README), GPU_JOBS (4: GPU jobs sharing the card), DEVICE (cuda), BENCH_ARGS (extra
 # benchmarks/run.py arguments), PYTHON (python3), COMMIT (the commit measured, for a copy of the
 # project without .git: `COMMIT=$(git rev-parse --short HEAD)` where the command is written).
 # A dry run of the mechanics on a CPU:
@@ -28,6 +33,12 @@ t0=$(date +%s)
 out=${OUT:-gpu-session}
 py=${PYTHON:-python3}
 preset=${PRESET:-config/paper.yaml config/overlays/archive.yaml}
+if [ -z "${PRESET:-}" ]; then
+  priority=${PRIORITY-experiments/two_cnn2/secondaries/grad/original/metrics.json \
+experiments/two_miniresnet/secondaries/grad/original/metrics.json}
+else
+  priority=${PRIORITY:-}
+fi
 device=${DEVICE:-cuda}
 work=$(mktemp -d)
 mkdir -p "$out" "$work/logs"
@@ -83,12 +94,15 @@ if command -v nvidia-smi > /dev/null; then  # the share of time a kernel ran, ev
   nvidia-smi dmon -s u -d 5 > "$work/logs/gpu_utilisation.log" 2>&1 &
   dmon=$!
 fi
+first=()
+for target in $priority; do first+=("$results/$target"); done
 start=$(date +%s)
 timeout --kill-after=20 "$(cap 100000 "${RESERVE_S:-30}")" "$py" -m snakemake \
   --configfile "${configs[@]}" --cores "$(nproc)" --resources gpu="${GPU_JOBS:-4}" \
-  > "$work/logs/paper.log" 2>&1
+  ${first[@]:+--prioritize "${first[@]}"} > "$work/logs/paper.log" 2>&1
 status=$?
 [ -n "$dmon" ] && kill "$dmon" 2> /dev/null
+[ -n "$priority" ] && note "- made first (--prioritize, under $results): $priority"
 note "- workflow (${preset}): exit $status after $(( $(date +%s) - start )) s$( \
   [ "$status" = 124 ] && echo ', stopped at the time budget: the tables below count finished jobs')"
 [ -n "$dmon" ] && note "- GPU busy during the workflow (nvidia-smi dmon, sm %): $(awk \
@@ -102,7 +116,9 @@ note ""
 "$py" -m saliency_fingerprints.stage_rates "$results" ${bench:+--bench "$bench"} \
   ${snakelog:+--log "$snakelog"} >> "$summary" 2>&1
 note ""
+# the whole preset's planned work at the bounds, and projected at the rates of the jobs that ran
 "$py" -m saliency_fingerprints.workload --configfile "${configs[@]}" ${bench:+--bench "$bench"} \
+  --rates "$results" --concurrency "${GPU_JOBS:-4}" ${snakelog:+--log "$snakelog"} \
   >> "$summary" 2>&1
 note ""
 [ -f "$work/bench.md" ] && cat "$work/bench.md" >> "$summary"

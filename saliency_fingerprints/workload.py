@@ -20,6 +20,12 @@ least time it can take on that device, whatever the jobs' order or sharing.
     python -m saliency_fingerprints.workload --configfile config/paper.yaml \\
         config/overlays/archive.yaml --images 25000 10000 --shape 3x32x32 [--bench X.json]
 
+``--rates RESULTS [--concurrency N] [--log LOG]`` adds what each stage's planned work would take at
+the rates of a run's finished jobs (:mod:`~saliency_fingerprints.stage_rates`), with each job's
+start-up as that run's log shows it, N at a time: a projection of a whole run from the jobs a
+short one finished (``benchmarks/gpu_session.sh`` has one GPU session
+for a preset that takes far longer).
+
 ``--experiments A B`` counts only those experiments' jobs (e.g. the paper's Table 1 without the
 studies and twins). Without ``--images``/``--shape`` the run's dataset store
 (``<results>/data/<name>.zarr``) gives the split sizes and the image shape.
@@ -31,6 +37,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +57,8 @@ from .configuration import (
 )
 from .datasets import open_dataset
 from .errors import ConfigError, DataError
-from .stage_rates import Job, bounds, format_count, rates, read_json
-from .stage_times import emit
+from .stage_rates import STAGES, Job, bounds, collect, format_count, rates, read_json
+from .stage_times import emit, parse_log
 
 
 def load_config(paths: list[str]) -> dict:
@@ -192,24 +199,116 @@ class Planner:
         return [*primaries.values(), *stores.values(), *secondaries]
 
 
-def render(jobs: list[Job], bound_of: dict, source: str = "", bench: str = "") -> str:
-    """Per (stage, model): jobs and work, and with bounds the seconds at the bound; totals."""
+# the Snakemake rules whose jobs :func:`.stage_rates.collect` counts in each stage
+LOG_RULES = {
+    "train_primary": ("train_primary", "train_random_label_primary", "train_backdoor_primary"),
+    "compute_saliency": ("compute_saliency",),
+    "train_secondary": ("train_secondary",),
+}
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What a run's finished jobs measured, to project a whole plan from: per (stage, model)
+    the work per second of job time (:func:`.stage_rates.rates`), per stage the seconds a job
+    took beyond its own timing (start-up, imports, writing: its span in the Snakemake log less
+    its provenance's ``wall_time_s``; empty without a log), and how many jobs ran at a time."""
+
+    rates: dict[tuple[str, str], float]
+    overheads: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+    concurrency: int = 1
+
+    @classmethod
+    def measure(
+        cls, results: str | Path, log: str | Path | None = None, concurrency: int = 1
+    ) -> Projection:
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency: expected at least 1, got {concurrency}")
+        done = collect(results)
+        measured = {(r.stage, r.model): r.rate for r in rates(done) if r.seconds > 0}
+        overheads = {}
+        if log is not None:
+            logged = {s.rule: s for s in parse_log(Path(log).read_text())}
+            for stage, rules in LOG_RULES.items():
+                own = [j.seconds for j in done if j.stage == stage]
+                found = [logged[rule] for rule in rules if rule in logged]
+                # only where the log and the results hold the same jobs (a fresh results
+                # directory); the log's times have one-second resolution
+                if own and sum(s.jobs for s in found) == len(own):
+                    spare = sum(s.job_seconds for s in found) - sum(own)
+                    overheads[stage] = max(spare, 0.0) / len(own)
+        return cls(measured, overheads, str(results), concurrency)
+
+    def job_seconds(self, row) -> float | None:
+        """A plan's row (:class:`.stage_rates.Rate`) at the measured rate, with its jobs'
+        overhead; None where no job of its stage and model was measured."""
+        rate = self.rates.get((row.stage, row.model))
+        if not rate:
+            return None
+        return row.work / rate + row.jobs * self.overheads.get(row.stage, 0.0)
+
+    def summary(self, table) -> str:
+        job_s = {stage: 0.0 for stage in STAGES}
+        for row in table:
+            job_s[row.stage] += self.job_seconds(row) or 0.0
+        total, n = sum(job_s.values()), self.concurrency
+        per_stage = ", ".join(f"{st} {sec / n:,.0f} s" for st, sec in job_s.items() if sec)
+        overheads = ", ".join(f"{st} {sec:,.1f} s" for st, sec in self.overheads.items())
+        missing = ", ".join(
+            f"{row.stage} {row.model}" for row in table if self.job_seconds(row) is None
+        )
+        return (
+            f"At the rates measured{f' in {self.source}' if self.source else ''}: {total:,.0f} s "
+            f"of job time; with {n} job{'s' if n > 1 else ''} at a time about {total / n:,.0f} s "
+            f"of wall time ({per_stage}). A projection, not a measurement: it holds only if the "
+            "whole run keeps the device as loaded as the measured jobs did"
+            + (
+                f"; it includes each job's time outside its own timing, per job: {overheads}"
+                if overheads
+                else "; it leaves out each job's start-up (no log given)"
+            )
+            + "; it leaves out the CPU-only jobs"
+            + (f"; not measured, so left out: {missing}." if missing else ".")
+        )
+
+
+def render(
+    jobs: list[Job],
+    bound_of: dict,
+    source: str = "",
+    bench: str = "",
+    projection: Projection | None = None,
+) -> str:
+    """Per (stage, model): jobs and work, and with bounds the seconds at the bound; totals; with
+    a :class:`Projection`, each row's job time at the measured rates and the whole plan's wall
+    time at its concurrency."""
+    head = "| stage | model | jobs | work | bound (/s) | seconds at the bound |"
+    rule = "|---|---|---:|---:|---:|---:|"
+    if projection:
+        head += " measured (/s of job time) | projected job seconds |"
+        rule += "---:|---:|"
     lines = [
         f"Planned work{f' of {source}' if source else ''}"
         f"{f', bounds from {bench}' if bench else ''} (train_secondary: all epochs, an upper "
         "bound; train_primary of random-label copies: their epoch cap).",
         "",
-        "| stage | model | jobs | work | bound (/s) | seconds at the bound |",
-        "|---|---|---:|---:|---:|---:|",
+        head,
+        rule,
     ]
     table = rates(jobs, bound_of)
     for r in table:
         seconds = None if not r.bound else r.work / r.bound
-        lines.append(
+        row = (
             f"| {r.stage} | {r.model} | {r.jobs} | {format_count(r.work)} {r.unit} | "
             f"{'-' if not r.bound else format_count(r.bound)} | "
             f"{'-' if seconds is None else f'{seconds:,.0f}'} |"
         )
+        if projection:
+            job_s = projection.job_seconds(r)
+            rate = projection.rates.get((r.stage, r.model))
+            row += " - | - |" if job_s is None else f" {format_count(rate)} | {job_s:,.0f} |"
+        lines.append(row)
     bounded = [r for r in table if r.bound]
     if bounded:
         total = sum(r.work / r.bound for r in bounded)
@@ -219,6 +318,8 @@ def render(jobs: list[Job], bound_of: dict, source: str = "", bench: str = "") -
             f"At the bounds: {total:,.0f} s of device time"
             f"{'' if len(bounded) == len(table) else partial}.",
         ]
+    if projection and any(projection.job_seconds(r) is not None for r in table):
+        lines += ["", projection.summary(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -239,6 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         "--experiments", nargs="+", help="count only these experiments (no sanity checks)"
     )
     parser.add_argument("--bench", help="a benchmarks/run.py result JSON (the bounds)")
+    parser.add_argument(
+        "--rates",
+        metavar="RESULTS",
+        help="a run's results directory: project the plan at the "
+        "rates its finished jobs had (stage_rates)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="jobs at a time in that run (default 1)"
+    )
+    parser.add_argument(
+        "--log", help="that run's Snakemake log: adds each job's time outside its own timing"
+    )
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
     try:
@@ -254,13 +367,16 @@ def main(argv: list[str] | None = None) -> int:
         shape = parse_shape(args.shape) if args.shape else found[2]
         jobs = Planner(config, n_train, n_test, shape).jobs(args.experiments)
         bench = read_json(Path(args.bench)) if args.bench else {}
+        projection = (
+            Projection.measure(args.rates, args.log, args.concurrency) if args.rates else None
+        )
     except (ConfigError, OSError, ValueError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
     source = " ".join(args.configfile)
     if args.experiments:
         source += f" (experiments {', '.join(args.experiments)})"
-    emit(render(jobs, bounds(bench), source, args.bench or ""), args.markdown)
+    emit(render(jobs, bounds(bench), source, args.bench or "", projection), args.markdown)
     return 0
 
 

@@ -5,9 +5,11 @@ Slow (a benchmark and a workflow run, ~5 min on 2 cores): run with ``-m slow``."
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import yaml
 from conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
+FIRST = "experiments/two_cnn2_true_class/secondaries/grad/original/metrics.json"
 
 
 @pytest.mark.slow
@@ -36,6 +39,7 @@ def test_session_script_on_cpu(tmp_path: Path) -> None:
         "PYTHON": sys.executable,
         "OUT": str(out),
         "BUDGET_S": "1200",
+        "PRIORITY": FIRST,
     }
     run = subprocess.run(
         ["bash", "benchmarks/gpu_session.sh"], cwd=project, env=env, timeout=1500, check=False
@@ -53,6 +57,17 @@ def test_session_script_on_cpu(tmp_path: Path) -> None:
         "Stage times",
         "Stage rates",
         "Planned work",
+        "At the rates measured in results/tiny: ",
+        "it includes each job's time outside its own timing, per job: train_primary",
         "| train_secondary |",
+        f"- made first (--prioritize, under results/tiny): {FIRST}",
     ):
         assert part in summary, part
+    # the prioritised secondary is the first secondary to start, at the highest priority
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        log = logs.extractfile("logs/paper.log").read().decode()
+    starts = re.split(r"\n(?:local)?rule ", log)[1:]  # one block per job started
+    blocks = [b for b in starts if b.startswith("train_secondary:")]
+    assert blocks, "no secondary started"
+    assert "two_cnn2_true_class/secondaries/grad/original" in blocks[0]
+    assert "priority: highest" in blocks[0]

@@ -83,3 +83,59 @@ def test_command_line_errors(tmp_path: Path, capsys) -> None:
         parse_shape("32x32")
     assert main(["--configfile", str(tmp_path / "none.yaml"), "--images", "1", "1"]) == 1
     assert "cannot read the config" in capsys.readouterr().err
+
+
+def test_projection_at_measured_rates(tiny_run: Path, monkeypatch) -> None:
+    """A run's own plan at its own rates takes its own job time, for the stages whose work is
+    fixed (the secondaries' plan is all epochs, so at least theirs); with its log, the time each
+    job took outside its own timing too, so the log's job time."""
+    monkeypatch.chdir(tiny_run)
+    from saliency_fingerprints.stage_rates import rates
+    from saliency_fingerprints.stage_times import parse_log
+    from saliency_fingerprints.workload import LOG_RULES, Projection, store_sizes
+
+    config = load_config(["config.yaml"])
+    plan = rates(Planner(config, *store_sizes(config)).jobs())
+    done = {(r.stage, r.model): r for r in rates(collect(Path("results")))}
+    log = next(Path(".snakemake/log").glob("*.snakemake.log"))
+    logged = {s.rule: s for s in parse_log(log.read_text())}
+    bare, timed = Projection.measure("results"), Projection.measure("results", log, 2)
+    assert set(bare.rates) == set(done) and not bare.overheads
+    assert set(timed.overheads) == set(LOG_RULES)  # a fresh run: every stage's jobs logged
+    for r in plan:
+        own = done[(r.stage, r.model)].seconds
+        in_log = sum(logged[rule].job_seconds for rule in LOG_RULES[r.stage] if rule in logged)
+        if r.stage == "train_secondary":
+            assert bare.job_seconds(r) >= own * (1 - 1e-9)
+            assert timed.job_seconds(r) >= in_log * (1 - 1e-9)
+        else:
+            assert bare.job_seconds(r) == pytest.approx(own, rel=1e-9)
+            assert timed.job_seconds(r) == pytest.approx(max(in_log, own), rel=1e-9)
+    jobs = Planner(config, *store_sizes(config)).jobs()
+    text = render(jobs, {}, projection=timed)
+    assert "| measured (/s of job time) | projected job seconds |" in text
+    total = sum(timed.job_seconds(r) for r in plan)
+    assert f"At the rates measured in results: {total:,.0f} s of job time" in text
+    assert f"with 2 jobs at a time about {total / 2:,.0f} s of wall time" in text
+    assert "per job: train_primary " in text and "not measured" not in text
+    assert "leaves out each job's start-up (no log given)" in render(jobs, {}, projection=bare)
+    # a model no job measured is named, and left out of the sum
+    partial = Projection({k: v for k, v in bare.rates.items() if k[0] != "train_secondary"})
+    text = render(jobs, {}, projection=partial)
+    assert "; not measured, so left out: train_secondary minicnn" in text
+    assert "with 1 job at a time" in text
+
+
+def test_projection_command_line(tiny_run: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tiny_run)
+    log = str(next(Path(".snakemake/log").glob("*.snakemake.log")))
+    args = ["--configfile", "config.yaml", "--rates", "results"]
+    assert main([*args, "--concurrency", "3", "--log", log]) == 0
+    out = capsys.readouterr().out
+    assert "with 3 jobs at a time about" in out and "per job: train_primary" in out
+    assert main(["--configfile", "config.yaml", "--rates", "nowhere"]) == 1
+    assert "nowhere: no such results directory" in capsys.readouterr().err
+    assert main([*args, "--concurrency", "0"]) == 1
+    assert "--concurrency: expected at least 1, got 0" in capsys.readouterr().err
+    assert main([*args, "--log", "missing.log"]) == 1
+    assert "missing.log" in capsys.readouterr().err
