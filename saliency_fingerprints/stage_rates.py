@@ -11,7 +11,9 @@ per stage and model:
   replicates and learning-rate candidates (a model that stopped early counts only its own
   epochs, even where a stack computed on beside it);
 
-and the rate = work / summed job time: what one job achieved per second of its own time,
+and the rate = work / summed job time (map stores per method too: one method's rows can cost more
+than another's, Meaningful Perturbation's more than Grad's): what one job achieved per second of
+its own time,
 evaluation, data loading and writing included. Given a ``benchmarks/run.py`` result (``--bench``),
 each rate is set against the bound of the same model and input shape: the training bound (one
 model at a large batch, fp32: its ``gpu-training`` section) or the saliency limit (forward +
@@ -52,14 +54,15 @@ STAGES = {
 @dataclass(frozen=True)
 class Job:
     """One job: its stage, the model it runs (``"<arch> <C>x<H>x<W>"``), its work in the
-    stage's unit, its own time (0 for a job :mod:`~saliency_fingerprints.workload` plans) and
-    its output (a path, or the job's name in a plan)."""
+    stage's unit, its own time (0 for a job :mod:`~saliency_fingerprints.workload` plans), its
+    output (a path, or the job's name in a plan) and, for a map store, its method."""
 
     stage: str
     model: str
     work: float
     seconds: float
     path: str
+    method: str = ""
 
 
 def _shape(channels: int, height: int, width: int | None = None) -> str:
@@ -139,6 +142,7 @@ def saliency_jobs(results: Path, architectures: dict[str, str], shape: str | Non
                 float(prov["n_maps"] * prov["gradient_evaluations_per_map"]),
                 float(prov["wall_time_s"]),
                 str(store),
+                store.parent.name,
             )
         yield job
 
@@ -194,10 +198,16 @@ def bounds(bench: dict) -> dict[tuple[str, str], float]:
 class Rate:
     stage: str
     model: str
+    method: str
     jobs: int
     work: float
     seconds: float
     bound: float | None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """``(stage, model, method)``: what the jobs of one row share."""
+        return self.stage, self.model, self.method
 
     @property
     def unit(self) -> str:
@@ -213,21 +223,21 @@ class Rate:
 
 
 def rates(jobs: list[Job], bound_of: dict[tuple[str, str], float] | None = None) -> list[Rate]:
-    """Per (stage, model): jobs, work, summed job time, and the bound where known; stages in
-    pipeline order."""
+    """Per (stage, model, method): jobs, work, summed job time, and the bound of the model where
+    known; stages in pipeline order."""
     bound_of = bound_of or {}
-    grouped: dict[tuple[str, str], Rate] = {}
+    grouped: dict[tuple[str, str, str], Rate] = {}
     for job in jobs:
-        key = (job.stage, job.model)
+        key = (job.stage, job.model, job.method)
         if key not in grouped:
-            grouped[key] = Rate(job.stage, job.model, 0, 0.0, 0.0, None)
+            grouped[key] = Rate(*key, 0, 0.0, 0.0, None)
             grouped[key].bound = bound_of.get((STAGES[job.stage], job.model))
         group = grouped[key]
         group.jobs += 1
         group.work += job.work
         group.seconds += job.seconds
     order = list(STAGES)
-    return sorted(grouped.values(), key=lambda r: (order.index(r.stage), r.model))
+    return sorted(grouped.values(), key=lambda r: (order.index(r.stage), r.model, r.method))
 
 
 def format_count(value: float) -> str:
@@ -249,15 +259,17 @@ def render(
         f"{f', bounds from {bench}' if bench else ''}: work per second of job time "
         "(each job's own wall time, start-up and evaluation included).",
         "",
-        "| stage | model | jobs | work | job time | rate (/s) | bound (/s) | of the bound |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| stage | model | method | jobs | work | job time | rate (/s) | bound (/s) "
+        "| of the bound |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
         bound = "-" if r.bound is None else format_count(r.bound)
         fraction = "-" if r.fraction is None else f"{r.fraction:.2f}"
         lines.append(
-            f"| {r.stage} | {r.model} | {r.jobs} | {format_count(r.work)} {r.unit} | "
-            f"{r.seconds:,.1f} s | {format_count(r.rate)} | {bound} | {fraction} |"
+            f"| {r.stage} | {r.model} | {r.method or '-'} | {r.jobs} | "
+            f"{format_count(r.work)} {r.unit} | {r.seconds:,.1f} s | {format_count(r.rate)} | "
+            f"{bound} | {fraction} |"
         )
     if spans:
         lines += [

@@ -137,7 +137,7 @@ class Planner:
         k = self.gradient_evaluations(method, primary.architecture)
         work = len(self.map_ids) * k
         name = f"{target}/{method}/{primary.name}"
-        return Job("compute_saliency", self.model(primary.architecture), work, 0.0, name)
+        return Job("compute_saliency", self.model(primary.architecture), work, 0.0, name, method)
 
     def fitting_images(self, cfg: Mapping) -> int:
         from .secondary import fit_subset, image_disjoint_split, validation_split
@@ -209,12 +209,13 @@ LOG_RULES = {
 
 @dataclass(frozen=True)
 class Projection:
-    """What a run's finished jobs measured, to project a whole plan from: per (stage, model)
-    the work per second of job time (:func:`.stage_rates.rates`), per stage the seconds a job
-    took beyond its own timing (start-up, imports, writing: its span in the Snakemake log less
-    its provenance's ``wall_time_s``; empty without a log), and how many jobs ran at a time."""
+    """What a run's finished jobs measured, to project a whole plan from: per (stage, model,
+    method) the work per second of job time (:func:`.stage_rates.rates`), per stage the seconds
+    a job took beyond its own timing (start-up, imports, writing: its span in the Snakemake log
+    less its provenance's ``wall_time_s``; empty without a log), and how many jobs ran at a
+    time."""
 
-    rates: dict[tuple[str, str], float]
+    rates: dict[tuple[str, str, str], float]
     overheads: dict[str, float] = field(default_factory=dict)
     source: str = ""
     concurrency: int = 1
@@ -226,7 +227,7 @@ class Projection:
         if concurrency < 1:
             raise ConfigError(f"--concurrency: expected at least 1, got {concurrency}")
         done = collect(results)
-        measured = {(r.stage, r.model): r.rate for r in rates(done) if r.seconds > 0}
+        measured = {r.key: r.rate for r in rates(done) if r.seconds > 0}
         overheads = {}
         if log is not None:
             logged = {s.rule: s for s in parse_log(Path(log).read_text())}
@@ -242,8 +243,9 @@ class Projection:
 
     def job_seconds(self, row) -> float | None:
         """A plan's row (:class:`.stage_rates.Rate`) at the measured rate, with its jobs'
-        overhead; None where no job of its stage and model was measured."""
-        rate = self.rates.get((row.stage, row.model))
+        overhead; None where no job of its stage, model and method was measured (a method's rows
+        can cost more than another's: no rate stands in for another method's)."""
+        rate = self.rates.get(row.key)
         if not rate:
             return None
         return row.work / rate + row.jobs * self.overheads.get(row.stage, 0.0)
@@ -256,7 +258,7 @@ class Projection:
         per_stage = ", ".join(f"{st} {sec / n:,.0f} s" for st, sec in job_s.items() if sec)
         overheads = ", ".join(f"{st} {sec:,.1f} s" for st, sec in self.overheads.items())
         missing = ", ".join(
-            f"{row.stage} {row.model}" for row in table if self.job_seconds(row) is None
+            " ".join(filter(None, row.key)) for row in table if self.job_seconds(row) is None
         )
         return (
             f"At the rates measured{f' in {self.source}' if self.source else ''}: {total:,.0f} s "
@@ -283,8 +285,8 @@ def render(
     """Per (stage, model): jobs and work, and with bounds the seconds at the bound; totals; with
     a :class:`Projection`, each row's job time at the measured rates and the whole plan's wall
     time at its concurrency."""
-    head = "| stage | model | jobs | work | bound (/s) | seconds at the bound |"
-    rule = "|---|---|---:|---:|---:|---:|"
+    head = "| stage | model | method | jobs | work | bound (/s) | seconds at the bound |"
+    rule = "|---|---|---|---:|---:|---:|---:|"
     if projection:
         head += " measured (/s of job time) | projected job seconds |"
         rule += "---:|---:|"
@@ -300,13 +302,13 @@ def render(
     for r in table:
         seconds = None if not r.bound else r.work / r.bound
         row = (
-            f"| {r.stage} | {r.model} | {r.jobs} | {format_count(r.work)} {r.unit} | "
-            f"{'-' if not r.bound else format_count(r.bound)} | "
+            f"| {r.stage} | {r.model} | {r.method or '-'} | {r.jobs} | "
+            f"{format_count(r.work)} {r.unit} | {'-' if not r.bound else format_count(r.bound)} | "
             f"{'-' if seconds is None else f'{seconds:,.0f}'} |"
         )
         if projection:
             job_s = projection.job_seconds(r)
-            rate = projection.rates.get((r.stage, r.model))
+            rate = projection.rates.get(r.key)
             row += " - | - |" if job_s is None else f" {format_count(rate)} | {job_s:,.0f} |"
         lines.append(row)
     bounded = [r for r in table if r.bound]

@@ -114,23 +114,29 @@ def test_rates_against_bounds(results: Path) -> None:
         "gpu_training": {"cnn2 3x4x4": {"paths": {"bound": {"images_per_s": {"median": 200}}}}},
         "limit": {"cnn2 3x4x4": {"rows_per_s": {"median": 1000.0}}},
     }
-    table = {(r.stage, r.model): r for r in rates(collect(results), bounds(bench))}
+    table = {r.key: r for r in rates(collect(results), bounds(bench))}
     assert list(table) == [
-        ("train_primary", "cnn2 3x4x4"),
-        ("train_primary", "miniresnet 3x4x4"),
-        ("compute_saliency", "cnn2 3x4x4"),
-        ("compute_saliency", "miniresnet 3x4x4"),
-        ("train_secondary", "minicnn 1x4x4"),
+        ("train_primary", "cnn2 3x4x4", ""),
+        ("train_primary", "miniresnet 3x4x4", ""),
+        ("compute_saliency", "cnn2 3x4x4", "grad"),
+        ("compute_saliency", "cnn2 3x4x4", "smoothgrad"),
+        ("compute_saliency", "miniresnet 3x4x4", "grad"),
+        ("train_secondary", "minicnn 1x4x4", ""),
     ]
-    cnn2 = table[("train_primary", "cnn2 3x4x4")]
+    cnn2 = table[("train_primary", "cnn2 3x4x4", "")]
     assert (cnn2.jobs, cnn2.work, cnn2.seconds) == (4, 600, 6.5)
     assert cnn2.rate == pytest.approx(600 / 6.5) and cnn2.fraction == pytest.approx(600 / 6.5 / 200)
-    maps = table[("compute_saliency", "cnn2 3x4x4")]
-    assert maps.rate == pytest.approx(1040 / 5.0) and maps.fraction == pytest.approx(0.208)
-    assert table[("compute_saliency", "miniresnet 3x4x4")].fraction is None  # no bound given
+    # each method its own rate against the model's one bound (Grad's 40 rows in 0.5 s, SG's 1000
+    # in 4.5 s: one rate for both would hide that SG ran at 0.22 of the bound, Grad at 0.08)
+    grad = table[("compute_saliency", "cnn2 3x4x4", "grad")]
+    sg = table[("compute_saliency", "cnn2 3x4x4", "smoothgrad")]
+    assert grad.rate == pytest.approx(80) and grad.fraction == pytest.approx(0.08)
+    assert sg.rate == pytest.approx(1000 / 4.5) and sg.fraction == pytest.approx(1000 / 4.5 / 1000)
+    assert table[("compute_saliency", "miniresnet 3x4x4", "grad")].fraction is None  # no bound
     text = render(list(table.values()), "results", {"train_primary": 12.0}, "bench.json")
-    row = "| train_primary | cnn2 3x4x4 | 4 | 600 training images | 6.5 s | 92 | 200 | 0.46 |"
+    row = "| train_primary | cnn2 3x4x4 | - | 4 | 600 training images | 6.5 s | 92 | 200 | 0.46 |"
     assert row in text
+    assert "| compute_saliency | cnn2 3x4x4 | smoothgrad | 1 | 1,000 gradient rows | 4.5 s" in text
     assert "- train_primary: 67 training images/s over 12 s" in text  # (600 + 200) / 12
 
 
