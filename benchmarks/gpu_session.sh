@@ -21,9 +21,10 @@
 # Settings by environment: PRESET (config files, default the paper preset with the archive
 # source), PRIORITY (outputs, relative to the preset's results directory, that the workflow makes
 # first, with all they need; for the default PRESET by default the Grad secondaries of two_cnn2
-# and two_miniresnet, 27 of its 285 jobs, so that a run stopped at the budget has measured every
-# GPU stage on both architectures: the whole preset needs ~45 min of device time even at the
-# bounds, README), GPU_JOBS (4: GPU jobs sharing the card), DEVICE (cuda), BENCH_ARGS (extra
+# and two_miniresnet and one map store of every other method and architecture, 32 of its 285
+# jobs, so that a run stopped at the budget has measured every GPU stage, architecture and
+# method: the whole preset needs ~45 min of device time even at the bounds, README), GPU_JOBS
+# (4: GPU jobs sharing the card; LIST_PRIORITY=1 prints PRIORITY and exits), DEVICE (cuda), BENCH_ARGS (extra
 # benchmarks/run.py arguments), PYTHON (python3), COMMIT (the commit measured, for a copy of the
 # project without .git: `COMMIT=$(git rev-parse --short HEAD)` where the command is written).
 # A dry run of the mechanics on a CPU:
@@ -34,10 +35,19 @@ out=${OUT:-gpu-session}
 py=${PYTHON:-python3}
 preset=${PRESET:-config/paper.yaml config/overlays/archive.yaml}
 if [ -z "${PRESET:-}" ]; then
+  maps=saliency/predicted
   priority=${PRIORITY-experiments/two_cnn2/secondaries/grad/original/metrics.json \
-experiments/two_miniresnet/secondaries/grad/original/metrics.json}
+experiments/two_miniresnet/secondaries/grad/original/metrics.json \
+$maps/smoothgrad/cnn2-seed0.zarr/zarr.json $maps/integrated_gradients/cnn2-seed0.zarr/zarr.json \
+$maps/meaningful_perturbation/cnn2-seed0.zarr/zarr.json \
+$maps/smoothgrad/miniresnet-seed0.zarr/zarr.json \
+$maps/integrated_gradients/miniresnet-seed0.zarr/zarr.json}
 else
   priority=${PRIORITY:-}
+fi
+if [ -n "${LIST_PRIORITY:-}" ]; then  # the targets it would make first, one a line (a test's)
+  for target in $priority; do echo "$target"; done
+  exit 0
 fi
 device=${DEVICE:-cuda}
 work=$(mktemp -d)

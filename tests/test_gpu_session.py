@@ -10,11 +10,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import run_workflow, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST = "experiments/two_cnn2_true_class/secondaries/grad/original/metrics.json"
@@ -71,3 +72,42 @@ def test_session_script_on_cpu(tmp_path: Path) -> None:
     assert blocks, "no secondary started"
     assert "two_cnn2_true_class/secondaries/grad/original" in blocks[0]
     assert "priority: highest" in blocks[0]
+
+
+def test_default_priority_is_the_paper_presets() -> None:
+    """The outputs the session makes first exist in the paper preset (a renamed experiment or
+    method would otherwise stop the one GPU session at its start), and they are 32 jobs with
+    everything they need: primaries of both architectures, map stores of every method of the
+    preset on each, two secondaries."""
+    env = {**os.environ, "LIST_PRIORITY": "1"}
+    listed = subprocess.run(
+        ["bash", "benchmarks/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    targets = listed.stdout.split()
+    paper = REPO / "config" / "paper.yaml"
+    results = yaml.safe_load(paper.read_text())["results"]
+    workdir = Path(tempfile.mkdtemp())  # the preset's own source: no archive is read in a dry run
+    try:
+        proc = run_workflow(
+            workdir,
+            None,
+            "--configfile",
+            str(paper),
+            "-n",
+            "--prioritize",
+            *(f"{results}/{t}" for t in targets),
+        )
+    finally:
+        shutil.rmtree(workdir)
+    starts = re.split(r"\n(?:local)?rule ", proc.stdout)[1:]
+    first = [b.split(":", 1)[0] for b in starts if "priority: highest" in b]
+    counts = {rule: first.count(rule) for rule in set(first)}
+    assert counts == {
+        "prepare_dataset": 1,
+        "train_primary": 12,
+        "compute_saliency": 17,
+        "train_secondary": 2,
+    }
+    methods = {t.split("/")[2] for t in targets if t.startswith("saliency/")}
+    assert methods | {"grad"} == set(yaml.safe_load(paper.read_text())["methods"])
