@@ -1,5 +1,5 @@
 """Provenance attached to every store and table: config subset, code and package versions,
-device, wall time."""
+device, the CPU and the kernels torch picked for it, wall time."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime as _dt
 import json
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +42,27 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_info() -> dict[str, str]:
+    """The CPU's model name and, where this process has imported torch, the instruction set of
+    the CPU kernels torch uses (``AVX512``, ``AVX2``, ...). Float rounding, and so the bits of a
+    CPU run's results, can differ between kernels: a rerun matches bit for bit only on the same
+    ones (docs/results/cifar10-cpu/rerun_check.md). Jobs without torch (tables, figures) do
+    not import it for this."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"model": model}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["kernels"] = str(torch.backends.cpu.get_cpu_capability())
+    return info
+
+
 class Provenance:
     """Collects what a job's output depends on; ``finish()`` returns a JSON-able record."""
 
@@ -58,6 +80,7 @@ class Provenance:
             "packages": package_versions(),
             "python": platform.python_version(),
             "host": platform.node(),
+            "cpu": cpu_info(),
             "device": self.device,
             "wall_time_s": round(time.perf_counter() - self._start, 3),
             "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -18,7 +18,20 @@ from saliency_fingerprints.configuration import primary_name
 from saliency_fingerprints.provenance import PACKAGES
 from saliency_fingerprints.tables import combine_tables, provenance_path
 
-REQUIRED = {"stage", "config", "code_version", "packages", "device", "wall_time_s", "finished_at"}
+REQUIRED = {
+    "stage",
+    "config",
+    "code_version",
+    "packages",
+    "cpu",
+    "device",
+    "wall_time_s",
+    "finished_at",
+}
+
+
+TORCH_STAGES = {"compute_saliency", "train_primary", "train_secondary", "cross_evaluate"}
+KERNELS = {"DEFAULT", "VSX", "Z VECTOR", "AVX2", "AVX512", "SVE256"}  # get_cpu_capability()
 
 
 def check_record(record: dict, stage: str) -> dict:
@@ -29,6 +42,10 @@ def check_record(record: dict, stage: str) -> dict:
     assert set(record["packages"]) == set(PACKAGES)
     assert record["packages"]["torch"] != "not installed"
     assert record["device"].startswith(("cpu", "cuda"))
+    assert record["cpu"]["model"]
+    if stage in TORCH_STAGES:  # the jobs that compute with torch name its CPU kernels
+        assert record["cpu"]["kernels"] in KERNELS
+    assert record["cpu"].get("kernels", "DEFAULT") in KERNELS
     assert isinstance(record["wall_time_s"], float | int) and record["wall_time_s"] >= 0
     assert isinstance(record["config"], dict) and record["config"]
     return record["config"]
