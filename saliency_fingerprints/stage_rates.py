@@ -13,12 +13,12 @@ per stage and model:
 
 and the rate = work / summed job time (map stores per method too: one method's rows can cost more
 than another's, Meaningful Perturbation's more than Grad's): what one job achieved per second of
-its own time,
-evaluation, data loading and writing included. Given a ``benchmarks/run.py`` result (``--bench``),
-each rate is set against the bound of the same model and input shape: the training bound (one
-model at a large batch, fp32: its ``gpu-training`` section) or the saliency limit (forward +
-backward rows per second at the best pass size: its ``limit`` section). On a GPU both are wall
-clock; the CPU suite times by CPU time of one thread, so on a CPU the fraction is a rough guide.
+its own time, evaluation, data loading and writing included. Given a ``benchmarks/run.py``
+result (``--bench``), each rate is set against the bound of the same model and input shape:
+the training bound (one model at a large batch, fp32: its ``gpu-training`` section) or the
+saliency limit (forward + backward rows per second at the best pass size: its ``limit``
+section). On a GPU both are wall clock; the CPU suite times by CPU time of one thread, so on a
+CPU the fraction is a rough guide.
 
 Jobs that shared a device ran slower each than alone; with a Snakemake log (``--log``), each
 stage also gets its span (first start to last end, :mod:`~saliency_fingerprints.stage_times`) and
